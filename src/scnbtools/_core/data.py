@@ -1,0 +1,264 @@
+"""Host-side count container: validation, per-gene histograms, sparse minibatches.
+
+Nothing here imports AnnData: the container is built from a NumPy array or a SciPy
+sparse matrix (cells in rows, genes in columns) and never densifies sparse input as
+a whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["CountData", "CountValidationError", "GeneHistograms", "PaddedRows"]
+
+_CHUNK_ROWS = 4096
+
+
+class CountValidationError(ValueError):
+    """Raised when a matrix is not a valid matrix of raw counts."""
+
+
+@dataclass(frozen=True)
+class GeneHistograms:
+    """Per-gene count histograms as flat arrays (sufficient statistics of gene-level models).
+
+    For gene ``g`` the non-zero counts are the entries with ``gene == g``: count value
+    ``value`` seen ``weight`` times. ``n_zeros[g]`` counts the cells with a zero. Any
+    log-likelihood that depends on a cell only through its count for gene ``g`` equals
+    ``sum(weight * f(value, gene)) + sum(n_zeros * f(0, arange(G)))``, at a cost of
+    ``n_unique + n_genes`` evaluations however many cells there are.
+    """
+
+    value: np.ndarray  # float32 [U]
+    gene: np.ndarray  # int32 [U]
+    weight: np.ndarray  # float32 [U]
+    n_zeros: np.ndarray  # float32 [G]
+    n_cells: int
+
+    @property
+    def n_unique(self) -> int:
+        return int(self.value.shape[0])
+
+    @property
+    def n_genes(self) -> int:
+        return int(self.n_zeros.shape[0])
+
+    def dense(self, gene: int, max_count: int | None = None) -> np.ndarray:
+        """Histogram of one gene as a dense vector ``h[k] = #cells with count k``."""
+        sel = self.gene == gene
+        vals = self.value[sel].astype(np.int64)
+        top = int(vals.max(initial=0)) if max_count is None else int(max_count)
+        h = np.zeros(top + 1, dtype=np.float64)
+        keep = vals <= top
+        np.add.at(h, vals[keep], self.weight[sel][keep])
+        h[0] += self.n_zeros[gene]
+        return h
+
+
+@dataclass(frozen=True)
+class PaddedRows:
+    """Cells stored as padded sparse rows (ELL format) for on-device minibatches.
+
+    ``cols[c, j]`` / ``vals[c, j]`` hold the ``j``-th non-zero of cell ``c``; padding uses
+    column ``n_genes`` (a dummy column dropped after scattering) and value 0.
+    """
+
+    cols: np.ndarray  # int32 [N, L]
+    vals: np.ndarray  # float32 [N, L]
+    n_genes: int
+
+
+def _is_integral(a: np.ndarray) -> bool:
+    return bool(np.all(a == np.round(a)))
+
+
+class CountData:
+    """Validated raw counts (cells × genes), dense or sparse, never densified.
+
+    Parameters
+    ----------
+    X
+        ``numpy.ndarray`` or ``scipy.sparse`` matrix/array of raw counts.
+    name
+        How the matrix is named in error messages (e.g. ``"adata.layers['counts']"``).
+    """
+
+    def __init__(self, X, *, name: str = "X"):
+        self.name = name
+        if sp.issparse(X):
+            if X.format not in ("csr", "csc"):
+                X = X.tocsr()
+            X = X.copy() if not X.has_sorted_indices else X
+            self._X = X
+        elif isinstance(X, np.ndarray) or hasattr(X, "__array__"):
+            arr = np.asarray(X)
+            if arr.ndim != 2:
+                raise CountValidationError(
+                    f"{name} must be a 2-D cells × genes matrix, got an array of shape {arr.shape}."
+                )
+            if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+                raise CountValidationError(
+                    f"{name} has dtype {arr.dtype}; raw counts must be numeric. "
+                    "Pass raw counts via `layer=`."
+                )
+            self._X = arr
+        else:
+            raise TypeError(
+                f"{name} must be a numpy array or scipy sparse matrix, got {type(X).__name__}."
+            )
+        self.n_cells, self.n_genes = (int(s) for s in self._X.shape)
+        self._validate()
+
+    # ------------------------------------------------------------------ validation
+    def _value_chunks(self):
+        """Yield the stored values (all of them) chunk by chunk."""
+        if sp.issparse(self._X):
+            data = self._X.data
+            for s in range(0, data.shape[0], 1 << 22):
+                yield data[s : s + (1 << 22)]
+        else:
+            for s in range(0, self.n_cells, _CHUNK_ROWS):
+                yield self._X[s : s + _CHUNK_ROWS]
+
+    def _validate(self) -> None:
+        if self.n_cells == 0 or self.n_genes == 0:
+            raise CountValidationError(
+                f"{self.name} is empty (shape {self.n_cells} × {self.n_genes}); "
+                "need at least one cell and one gene."
+            )
+        fix = "Pass raw counts (e.g. `layer='counts'`), not normalized or log-transformed values."
+        for chunk in self._value_chunks():
+            c = np.asarray(chunk)
+            if c.dtype == bool:
+                continue
+            if not np.all(np.isfinite(c)):
+                raise CountValidationError(f"{self.name} contains NaN or infinite values. {fix}")
+            if np.any(c < 0):
+                raise CountValidationError(
+                    f"{self.name} contains negative values (min {float(c.min()):g}). {fix}"
+                )
+            if np.issubdtype(c.dtype, np.floating) and not _is_integral(c):
+                bad = c[c != np.round(c)].ravel()[:3]
+                raise CountValidationError(
+                    f"{self.name} contains non-integer values (e.g. {', '.join(f'{v:g}' for v in bad)}). {fix}"
+                )
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n_cells, self.n_genes)
+
+    @property
+    def is_sparse(self) -> bool:
+        return sp.issparse(self._X)
+
+    @property
+    def X(self):
+        """The underlying matrix (not copied)."""
+        return self._X
+
+    def gene_totals(self) -> np.ndarray:
+        return np.asarray(self._X.sum(axis=0), dtype=np.float64).ravel()
+
+    def cell_totals(self) -> np.ndarray:
+        return np.asarray(self._X.sum(axis=1), dtype=np.float64).ravel()
+
+    def gene_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-gene mean and (population) variance, without densifying."""
+        n = self.n_cells
+        if self.is_sparse:
+            X = self._X
+            mean = np.asarray(X.sum(axis=0), dtype=np.float64).ravel() / n
+            sq = X.multiply(X) if hasattr(X, "multiply") else X.power(2)
+            ex2 = np.asarray(sq.sum(axis=0), dtype=np.float64).ravel() / n
+        else:
+            s = np.zeros(self.n_genes)
+            s2 = np.zeros(self.n_genes)
+            for c in self._value_chunks():
+                c64 = np.asarray(c, dtype=np.float64)
+                s += c64.sum(axis=0)
+                s2 += (c64 * c64).sum(axis=0)
+            mean, ex2 = s / n, s2 / n
+        return mean, np.maximum(ex2 - mean**2, 0.0)
+
+    def _triplets(self):
+        """Yield (row, col, value) arrays of the non-zero entries, chunk by chunk."""
+        X = self._X
+        if sp.issparse(X):
+            if X.format == "csr":
+                rows = np.repeat(np.arange(self.n_cells, dtype=np.int64), np.diff(X.indptr))
+                cols = X.indices.astype(np.int64)
+            else:
+                cols = np.repeat(np.arange(self.n_genes, dtype=np.int64), np.diff(X.indptr))
+                rows = X.indices.astype(np.int64)
+            vals = np.asarray(X.data)
+            keep = vals != 0
+            yield rows[keep], cols[keep], vals[keep]
+        else:
+            for s in range(0, self.n_cells, _CHUNK_ROWS):
+                block = X[s : s + _CHUNK_ROWS]
+                r, c = np.nonzero(block)
+                yield r + s, c, block[r, c]
+
+    def zero_genes(self) -> np.ndarray:
+        """Indices of genes with no counts in any cell."""
+        return np.flatnonzero(self.gene_totals() == 0)
+
+    def zero_cells(self) -> np.ndarray:
+        """Indices of cells with no counts in any gene."""
+        return np.flatnonzero(self.cell_totals() == 0)
+
+    # ------------------------------------------------------------------ sufficient statistics
+    def gene_histograms(self) -> GeneHistograms:
+        """Per-gene count histograms in one pass over the non-zeros.
+
+        Cost is ``O(nnz log nnz)`` time and ``O(nnz)`` temporary memory; the result has
+        one entry per distinct (gene, count) pair.
+        """
+        keys = []
+        nnz_per_gene = np.zeros(self.n_genes, dtype=np.int64)
+        for _, cols, vals in self._triplets():
+            v = np.asarray(vals, dtype=np.int64)
+            keys.append(cols * (1 << 32) + v)
+            nnz_per_gene += np.bincount(cols, minlength=self.n_genes)
+        allkeys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+        uniq, counts = np.unique(allkeys, return_counts=True)
+        gene = (uniq >> 32).astype(np.int32)
+        value = (uniq & ((1 << 32) - 1)).astype(np.float32)
+        return GeneHistograms(
+            value=value,
+            gene=gene,
+            weight=counts.astype(np.float32),
+            n_zeros=(self.n_cells - nnz_per_gene).astype(np.float32),
+            n_cells=self.n_cells,
+        )
+
+    def padded_rows(self) -> PaddedRows:
+        """Cells as padded sparse rows, for streaming cell minibatches on device."""
+        rows_l, cols_l, vals_l = [], [], []
+        for r, c, v in self._triplets():
+            rows_l.append(r)
+            cols_l.append(c)
+            vals_l.append(v)
+        rows = np.concatenate(rows_l)
+        cols = np.concatenate(cols_l)
+        vals = np.concatenate(vals_l).astype(np.float32)
+        order = np.lexsort((cols, rows))
+        rows, cols, vals = rows[order], cols[order], vals[order]
+        nnz_row = np.bincount(rows, minlength=self.n_cells)
+        width = max(int(nnz_row.max(initial=0)), 1)
+        start = np.concatenate([[0], np.cumsum(nnz_row)[:-1]])
+        pos = np.arange(rows.shape[0]) - start[rows]
+        out_c = np.full((self.n_cells, width), self.n_genes, dtype=np.int32)
+        out_v = np.zeros((self.n_cells, width), dtype=np.float32)
+        out_c[rows, pos] = cols
+        out_v[rows, pos] = vals
+        return PaddedRows(cols=out_c, vals=out_v, n_genes=self.n_genes)
+
+    def dense_rows(self, idx) -> np.ndarray:
+        """Dense float32 copy of the given cells (for small subsets only)."""
+        X = self._X[np.asarray(idx)]
+        return np.asarray(X.toarray() if sp.issparse(X) else X, dtype=np.float32)

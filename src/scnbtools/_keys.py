@@ -1,0 +1,27 @@
+"""Every AnnData key scnbtools writes is built here."""
+
+from __future__ import annotations
+
+from ._core.summaries import STATS
+
+__all__ = ["STATS", "gene_key", "gene_keys", "cell_key", "uns_key"]
+
+
+def gene_key(key: str, stat: str) -> str:
+    """``adata.varm`` key of a per-gene summary, e.g. ``zinb_mean``."""
+    if stat not in STATS:
+        raise ValueError(f"`stat`={stat!r} is not one of {', '.join(STATS)}.")
+    return f"{key}_{stat}"
+
+
+def gene_keys(key: str) -> list[str]:
+    return [gene_key(key, s) for s in STATS]
+
+
+def cell_key(key: str, stat: str) -> str:
+    """``adata.obsm`` key of a per-cell summary."""
+    return f"{key}_{stat}"
+
+
+def uns_key(key: str) -> str:
+    return key
