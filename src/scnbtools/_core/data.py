@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["CountData", "CountValidationError", "GeneHistograms", "PaddedRows"]
+__all__ = ["CountData", "CountValidationError", "GeneHistograms", "PaddedRows", "SurvivalGrid"]
 
 _CHUNK_ROWS = 4096
 
@@ -46,6 +46,43 @@ class GeneHistograms:
     def n_genes(self) -> int:
         return int(self.n_zeros.shape[0])
 
+    def survival(self) -> SurvivalGrid:
+        """Per-gene survival counts ``S_g(j) = #{cells: x_gc > j}`` for ``j < max_g``.
+
+        They give the negative-binomial normaliser over all cells in closed form:
+        ``Σ_c [lgamma(x_gc + r) - lgamma(r)] = Σ_j S_g(j) log(r + j)`` — one ``log`` per grid
+        point instead of a ``betaln`` per distinct count. The grid has ``Σ_g max_g`` points.
+        """
+        value = self.value.astype(np.int64)
+        gene = self.gene.astype(np.int64)
+        n = value.shape[0]
+        if n == 0:
+            z = np.zeros(0)
+            return SurvivalGrid(z.astype(np.int32), z.astype(np.float32), z.astype(np.float32), 0.0)
+        start = np.ones(n, dtype=bool)
+        start[1:] = gene[1:] != gene[:-1]
+        prev = np.where(start, 0, np.roll(value, 1))
+        step = value - prev  # > 0: entries are sorted by (gene, value) and unique
+        # tail sums of weights within each gene (reverse cumulative sum per segment)
+        w = self.weight.astype(np.float64)
+        rev_cum = np.cumsum(w[::-1])[::-1]
+        seg_id = np.cumsum(start) - 1
+        seg_end = np.flatnonzero(np.r_[start[1:], True])  # last entry of each gene segment
+        tail_of_next_seg = np.zeros(seg_end.shape[0])
+        tail_of_next_seg[:-1] = rev_cum[seg_end[:-1] + 1]
+        tail = rev_cum - tail_of_next_seg[seg_id]
+        counts = np.repeat(tail, step)
+        genes = np.repeat(gene, step)
+        total = counts.shape[0]
+        # j runs 0..max_g-1 within each gene
+        gene_start = np.flatnonzero(np.r_[True, genes[1:] != genes[:-1]])
+        first = np.zeros(total, dtype=np.int64)
+        first[gene_start] = gene_start
+        first = np.maximum.accumulate(first)
+        j = np.arange(total, dtype=np.int64) - first
+        log_fact = float(np.sum(w * _lgamma1p(value)))
+        return SurvivalGrid(genes.astype(np.int32), j.astype(np.float32), counts.astype(np.float32), log_fact)
+
     def dense(self, gene: int, max_count: int | None = None) -> np.ndarray:
         """Histogram of one gene as a dense vector ``h[k] = #cells with count k``."""
         sel = self.gene == gene
@@ -56,6 +93,26 @@ class GeneHistograms:
         np.add.at(h, vals[keep], self.weight[sel][keep])
         h[0] += self.n_zeros[gene]
         return h
+
+
+@dataclass(frozen=True)
+class SurvivalGrid:
+    """See :meth:`GeneHistograms.survival`; ``log_factorial_sum`` is ``Σ_gc lgamma(x_gc + 1)``."""
+
+    gene: np.ndarray  # int32 [S]
+    j: np.ndarray  # float32 [S]
+    count: np.ndarray  # float32 [S]
+    log_factorial_sum: float
+
+    @property
+    def size(self) -> int:
+        return int(self.gene.shape[0])
+
+
+def _lgamma1p(v: np.ndarray) -> np.ndarray:
+    from scipy.special import gammaln
+
+    return gammaln(np.asarray(v, dtype=np.float64) + 1.0)
 
 
 @dataclass(frozen=True)
@@ -184,19 +241,30 @@ class CountData:
             mean, ex2 = s / n, s2 / n
         return mean, np.maximum(ex2 - mean**2, 0.0)
 
-    def _triplets(self):
-        """Yield (row, col, value) arrays of the non-zero entries, chunk by chunk."""
+    def _triplets(self, with_rows: bool = True):
+        """Yield (row, col, value) arrays of the non-zero entries, chunk by chunk.
+
+        With ``with_rows=False`` the row array is ``None`` (saves an int64 array of size
+        nnz for CSR input).
+        """
         X = self._X
         if sp.issparse(X):
             if X.format == "csr":
-                rows = np.repeat(np.arange(self.n_cells, dtype=np.int64), np.diff(X.indptr))
+                rows = (
+                    np.repeat(np.arange(self.n_cells, dtype=np.int64), np.diff(X.indptr))
+                    if with_rows
+                    else None
+                )
                 cols = X.indices.astype(np.int64)
             else:
                 cols = np.repeat(np.arange(self.n_genes, dtype=np.int64), np.diff(X.indptr))
-                rows = X.indices.astype(np.int64)
+                rows = X.indices.astype(np.int64) if with_rows else None
             vals = np.asarray(X.data)
             keep = vals != 0
-            yield rows[keep], cols[keep], vals[keep]
+            if keep.all():
+                yield rows, cols, vals
+            else:
+                yield (None if rows is None else rows[keep]), cols[keep], vals[keep]
         else:
             for s in range(0, self.n_cells, _CHUNK_ROWS):
                 block = X[s : s + _CHUNK_ROWS]
@@ -220,7 +288,7 @@ class CountData:
         """
         keys = []
         nnz_per_gene = np.zeros(self.n_genes, dtype=np.int64)
-        for _, cols, vals in self._triplets():
+        for _, cols, vals in self._triplets(with_rows=False):
             v = np.asarray(vals, dtype=np.int64)
             keys.append(cols * (1 << 32) + v)
             nnz_per_gene += np.bincount(cols, minlength=self.n_genes)

@@ -45,13 +45,37 @@ class DivergenceError(RuntimeError):
     """The optimisation produced non-finite values."""
 
 
-def histogram_arrays(hist: GeneHistograms) -> dict[str, jax.Array]:
-    return {
+#: largest survival grid (points) used by the closed-form NB normaliser; beyond it (genes
+#: with enormous maximum counts) the per-entry ``betaln`` path is used instead
+MAX_SURVIVAL_GRID = 50_000_000
+
+
+def histogram_arrays(hist: GeneHistograms, spec: ModelSpec | None = None) -> dict[str, jax.Array]:
+    """Device arrays of the sufficient statistics (plus the survival grid when ``spec``
+    has closed-form rising-factorial structure and the grid is not too large)."""
+    out = {
         "value": jnp.asarray(hist.value),
         "gene": jnp.asarray(hist.gene),
         "weight": jnp.asarray(hist.weight),
         "n_zeros": jnp.asarray(hist.n_zeros),
     }
+    if spec is not None and spec.rising_site is not None:
+        grid_size = int(np.sum(_max_per_gene(hist)))
+        if grid_size <= MAX_SURVIVAL_GRID:
+            s = hist.survival()
+            out.update(
+                surv_gene=jnp.asarray(s.gene),
+                surv_j=jnp.asarray(s.j),
+                surv_count=jnp.asarray(s.count),
+                log_factorial_sum=jnp.asarray(s.log_factorial_sum, dtype=jnp.float32),
+            )
+    return out
+
+
+def _max_per_gene(hist: GeneHistograms) -> np.ndarray:
+    mx = np.zeros(hist.n_genes, dtype=np.int64)
+    np.maximum.at(mx, hist.gene, hist.value.astype(np.int64))
+    return mx
 
 
 def make_row_batch_fn(n_cells: int, n_genes: int, batch_size: int):
@@ -110,7 +134,7 @@ def fit_gene_model(
     key = jax.random.PRNGKey(int(rng))
     fit_key, draw_key = jax.random.split(key)
     if batch_size is None:
-        data, batch_fn, source = histogram_arrays(counts.gene_histograms()), None, None
+        data, batch_fn, source = histogram_arrays(counts.gene_histograms(), spec), None, None
     else:
         rows: PaddedRows = counts.padded_rows()
         data = None

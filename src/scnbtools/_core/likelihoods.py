@@ -28,10 +28,10 @@ __all__ = [
     "nb_logpmf",
     "nb_mean_logpmf",
     "poisson_logpmf",
+    "zero_inflate",
     "zinb_logpmf",
     "zinb_mean_logpmf",
     "zip_logpmf",
-    "zero_inflate",
 ]
 
 
@@ -72,7 +72,9 @@ def nb_logpmf(x, r, p=None, *, logits=None):
     if logits is None:
         logits = _logit_from_probs(p)
     x = jnp.asarray(x, dtype=jnp.result_type(logits, float))
-    return log_rising_factorial_ratio(x, r) + x * log_sigmoid(logits) + r * log_sigmoid(-logits)
+    # x * log p is 0 at x == 0 even when p == 0 (logits == -inf)
+    xlogp = jnp.where(x > 0, x * log_sigmoid(logits), 0.0)
+    return log_rising_factorial_ratio(x, r) + xlogp + r * log_sigmoid(-logits)
 
 
 def nb_mean_logpmf(x, mu, r):
@@ -106,11 +108,18 @@ def poisson_logpmf(x, rate=None, *, log_rate=None):
     """Log-pmf of the Poisson with ``rate`` (or ``log_rate``)."""
     _one_of(rate, log_rate, "rate", "log_rate")
     if log_rate is None:
-        log_rate = jnp.log(rate)
+        # log(0) = -inf through a double `where`, so that the gradient at rate == 0 stays
+        # finite (it is -1 at x == 0); a negative rate gives NaN.
+        rate = jnp.asarray(rate)
+        rate = jnp.where(rate < 0, jnp.nan, rate)
+        zero = rate == 0
+        log_rate = jnp.where(zero, -jnp.inf, jnp.log(jnp.where(zero, 1.0, rate)))
+    else:
+        rate = jnp.exp(log_rate)
     x = jnp.asarray(x, dtype=jnp.result_type(log_rate, float))
     # x * log_rate is 0 at x == 0 even when rate == 0 (log_rate == -inf).
     xlog = jnp.where(x > 0, x * log_rate, 0.0)
-    return xlog - jnp.exp(log_rate) - gammaln(x + 1.0)
+    return xlog - rate - gammaln(x + 1.0)
 
 
 def zip_logpmf(x, rate=None, gate=None, *, log_rate=None, gate_logits=None):

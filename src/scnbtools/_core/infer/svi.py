@@ -30,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from numpyro import handlers
+from numpyro.distributions import biject_to
 from numpyro.infer import Trace_ELBO
 from numpyro.infer.util import transform_fn
-from numpyro.distributions import biject_to
 
 from .._progress import progress
 

@@ -73,6 +73,11 @@ class ModelSpec:
     #: the site's unconstrained location (e.g. ``log r = log mu - logit p``), so the guide is
     #: mean-field in better-conditioned coordinates while the model is unchanged
     guide_links: Mapping[str, Callable[[Mapping[str, Any]], Any]] = field(default_factory=dict)
+    #: optional closed-form structure: ``logpmf(x, v) == log_rising_factorial_ratio(x, v[rising_site])
+    #: + logpmf_rest(x, v)`` for every ``x``. The histogram likelihood then evaluates the rising
+    #: part from per-gene survival counts (one ``log`` per grid point, no ``betaln``).
+    rising_site: str | None = None
+    logpmf_rest: Callable[[Any, Mapping[str, Any]], Any] | None = None
     references: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -180,8 +185,15 @@ def hist_loglik(spec: ModelSpec, values: Mapping[str, Any], hist: Mapping[str, A
     Cost: one log-pmf per distinct (gene, count) pair plus one per gene.
     """
     per_entry = gather_values(spec, values, hist["gene"])
+    zero = jnp.zeros(())
+    if "surv_gene" in hist and spec.rising_site is not None:
+        r = values[spec.rising_site]
+        ll_rise = jnp.sum(hist["surv_count"] * jnp.log(r[..., hist["surv_gene"]] + hist["surv_j"]))
+        ll_nz = jnp.sum(hist["weight"] * spec.logpmf_rest(hist["value"], per_entry))
+        ll_zero = jnp.sum(hist["n_zeros"] * spec.logpmf_rest(zero, values))
+        return ll_rise - hist["log_factorial_sum"] + ll_nz + ll_zero
     ll_nz = jnp.sum(hist["weight"] * spec.logpmf(hist["value"], per_entry))
-    ll_zero = jnp.sum(hist["n_zeros"] * spec.logpmf(jnp.zeros(()), values))
+    ll_zero = jnp.sum(hist["n_zeros"] * spec.logpmf(zero, values))
     return ll_nz + ll_zero
 
 

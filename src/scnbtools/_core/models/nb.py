@@ -17,8 +17,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
+from jax.nn import log_sigmoid
 
-from ..likelihoods import nb_logpmf, zinb_logpmf
+from ..likelihoods import nb_logpmf, zero_inflate, zinb_logpmf
 from ._spec import LatentSite, ModelSpec
 
 __all__ = ["NBDM", "ZINB"]
@@ -36,6 +37,17 @@ _DEFAULT_PRIORS = {
 
 def _nb_logits(p):
     return jnp.log(p) - jnp.log1p(-p)
+
+
+def _nb_rest(x, v):
+    """NB log-pmf without its ``lgamma(x + r) - lgamma(r) - lgamma(x + 1)`` part."""
+    logits = _nb_logits(v["p"])
+    return x * log_sigmoid(logits) + v["r"] * log_sigmoid(-logits)
+
+
+def _zinb_rest(x, v):
+    # the rising part is exactly 0 at x = 0, so it factors out of the zero-inflated mixture
+    return zero_inflate(x, _nb_rest(x, v), gate_logits=_nb_logits(v["gate"]))
 
 
 def _derived(values):
@@ -74,6 +86,8 @@ NBDM = ModelSpec(
     init_values=_init_nb,
     gene_outputs=("r", "mu", "rho"),
     guide_links={"r": lambda v: -_nb_logits(v["p"])},
+    rising_site="r",
+    logpmf_rest=_nb_rest,
 )
 
 ZINB = ModelSpec(
@@ -91,4 +105,6 @@ ZINB = ModelSpec(
     init_values=_init_zinb,
     gene_outputs=("r", "gate", "mu", "rho"),
     guide_links={"r": lambda v: -_nb_logits(v["p"])},
+    rising_site="r",
+    logpmf_rest=_zinb_rest,
 )

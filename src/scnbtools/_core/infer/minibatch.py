@@ -1,0 +1,236 @@
+"""Generic minibatch training loop on optax (no model names here).
+
+* A model supplies ``loss_fn(params, state, batch, mask, key, train) -> (loss, (state,
+  metrics))``: ``batch`` is the model's per-cell data pytree indexed by a batch of cells,
+  ``mask`` ``[batch]`` is 1 for real cells and 0 for padding (only validation batches are
+  padded), ``state`` is non-trainable state (e.g. batch-norm statistics) and ``metrics`` a
+  dict of mask-weighted scalar means.
+* One epoch — shuffle, then every full batch of the training cells (the last partial batch
+  is dropped) — is one jitted ``lax.scan``; validation is another jitted scan over padded
+  batches in evaluation mode. The host sees only per-epoch numbers, so the progress bar
+  (updated between epochs) costs nothing, and nothing recompiles after the first epoch
+  (``n_compilations`` counts traces).
+* Learning rate: start high, decay geometrically per epoch to a floor
+  (``max(lr0 * decay^epoch, floor)``), times a reduce-on-plateau factor: when the monitored
+  loss (validation if there is a validation split, else training) has not improved by a
+  relative ``tol`` for ``plateau_patience`` epochs the factor is multiplied by
+  ``plateau_factor``. Training stops early after ``early_stopping_patience`` epochs without
+  improvement and returns the parameters of the best epoch. The learning rate lives in the
+  optax state (``inject_hyperparams``), so changing it does not recompile.
+* A non-finite loss stops training and is reported (``diverged``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .._progress import progress
+
+__all__ = ["MinibatchResult", "ScheduleConfig", "run_minibatch", "take"]
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Learning-rate schedule, plateau handling and early stopping."""
+
+    learning_rate: float = 0.02
+    lr_decay: float = 0.9
+    lr_floor: float = 1e-3
+    plateau_patience: int = 10
+    plateau_factor: float = 0.5
+    tol: float = 1e-3
+    early_stopping_patience: int = 20
+    min_epochs: int = 1
+
+    def base_lr(self, epoch: int) -> float:
+        return max(self.learning_rate * self.lr_decay**epoch, min(self.lr_floor, self.learning_rate))
+
+
+@dataclass
+class MinibatchResult:
+    params: Any
+    state: Any
+    history: dict[str, np.ndarray] = field(default_factory=dict)
+    best_epoch: int = -1
+    n_epochs: int = 0
+    stopped_early: bool = False
+    diverged: bool = False
+    n_compilations: int = 0
+    runtime_s: float = 0.0
+
+
+def take(tree, idx):
+    """Index the leading (cell) axis of every leaf."""
+    return jax.tree_util.tree_map(lambda a: a[idx], tree)
+
+
+def _padded_index(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[n_batches, batch_size]`` indices covering ``0..n-1`` once, and the padding mask."""
+    nb = -(-n // batch_size)
+    idx = np.zeros(nb * batch_size, dtype=np.int32)
+    idx[:n] = np.arange(n)
+    mask = np.zeros(nb * batch_size, dtype=np.float32)
+    mask[:n] = 1.0
+    return idx.reshape(nb, batch_size), mask.reshape(nb, batch_size)
+
+
+def make_evaluator(loss_fn: Callable, n_cells: int, batch_size: int):
+    """Jitted ``evaluate(params, state, data) -> (loss, metrics)`` over all ``n_cells`` cells
+    in evaluation mode (padded batches, mask-weighted means). ``traces`` counts compilations."""
+    idx, mask = _padded_index(n_cells, batch_size)
+    idx, mask = jnp.asarray(idx), jnp.asarray(mask)
+    traces = [0]
+
+    def _eval(params, state, data):
+        traces[0] += 1
+
+        def body(carry, im):
+            i, m = im
+            loss, (_, metrics) = loss_fn(params, state, take(data, i), m, None, False)
+            w = m.sum()
+            return carry, (loss * w, jax.tree_util.tree_map(lambda v: v * w, metrics), w)
+
+        _, (losses, metrics, ws) = jax.lax.scan(body, None, (idx, mask))
+        tot = ws.sum()
+        return losses.sum() / tot, jax.tree_util.tree_map(lambda v: v.sum() / tot, metrics)
+
+    return jax.jit(_eval), traces
+
+
+def run_minibatch(
+    loss_fn: Callable,
+    params: Any,
+    state: Any,
+    train_data: Any,
+    val_data: Any | None,
+    *,
+    rng_key,
+    batch_size: int,
+    max_epochs: int,
+    schedule: ScheduleConfig | None = None,
+    progress_bar: bool = False,
+    desc: str = "training",
+) -> MinibatchResult:
+    """Train ``params`` by Adam on minibatches of cells.
+
+    Parameters
+    ----------
+    loss_fn
+        ``loss_fn(params, state, batch, mask, key, train)`` as described in the module doc.
+    params, state
+        Initial trainable parameters and non-trainable state (pytrees of arrays).
+    train_data, val_data
+        Pytrees of arrays whose leading axis is cells; ``val_data=None`` monitors the
+        training loss instead.
+    batch_size
+        Cells per step; must not exceed the number of training cells.
+    max_epochs
+        Upper bound on the number of passes over the training cells.
+    """
+    sched = schedule or ScheduleConfig()
+    t0 = time.perf_counter()
+    n_train = int(jax.tree_util.tree_leaves(train_data)[0].shape[0])
+    if not 1 <= batch_size <= n_train:
+        raise ValueError(f"`batch_size` must be in [1, {n_train}] (training cells), got {batch_size}.")
+    n_steps = n_train // batch_size
+    opt = optax.inject_hyperparams(optax.adam)(learning_rate=sched.learning_rate)
+    opt_state = opt.init(params)
+    traces = [0]
+    ones = jnp.ones((batch_size,), jnp.float32)
+
+    def _epoch(params, state, opt_state, key, data):
+        traces[0] += 1
+        k_perm, k_steps = jax.random.split(key)
+        perm = jax.random.permutation(k_perm, n_train)[: n_steps * batch_size]
+        perm = perm.reshape(n_steps, batch_size)
+        step_keys = jax.random.split(k_steps, n_steps)
+
+        def body(carry, xs):
+            p, s, o = carry
+            idx, k = xs
+
+            def objective(pp):
+                return loss_fn(pp, s, take(data, idx), ones, k, True)
+
+            (loss, (s_new, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(p)
+            updates, o_new = opt.update(grads, o, p)
+            return (optax.apply_updates(p, updates), s_new, o_new), (loss, metrics)
+
+        (params, state, opt_state), (losses, metrics) = jax.lax.scan(
+            body, (params, state, opt_state), (perm, step_keys)
+        )
+        return params, state, opt_state, losses.mean(), jax.tree_util.tree_map(jnp.mean, metrics)
+
+    run_epoch = jax.jit(_epoch)
+    evaluate, eval_traces = (None, [0])
+    if val_data is not None:
+        n_val = int(jax.tree_util.tree_leaves(val_data)[0].shape[0])
+        evaluate, eval_traces = make_evaluator(loss_fn, n_val, min(batch_size, n_val))
+
+    hist: dict[str, list[float]] = {"loss": [], "learning_rate": []}
+    best, best_epoch, since_best, since_plateau, factor = np.inf, -1, 0, 0, 1.0
+    best_params, best_state = params, state
+    diverged = stopped = False
+    key = rng_key
+    with progress(total=max_epochs, enabled=progress_bar, desc=desc) as bar:
+        for epoch in range(max_epochs):
+            lr = sched.base_lr(epoch) * factor
+            opt_state.hyperparams["learning_rate"] = jnp.asarray(
+                lr, dtype=jnp.asarray(opt_state.hyperparams["learning_rate"]).dtype
+            )
+            key, k = jax.random.split(key)
+            params, state, opt_state, loss, metrics = run_epoch(params, state, opt_state, k, train_data)
+            rec = {"loss": float(loss), "learning_rate": lr}
+            rec.update({f"train_{m}": float(v) for m, v in metrics.items()})
+            if evaluate is not None:
+                vloss, vmetrics = evaluate(params, state, val_data)
+                rec["val_loss"] = float(vloss)
+                rec.update({f"val_{m}": float(v) for m, v in vmetrics.items()})
+            for name, value in rec.items():
+                hist.setdefault(name, []).append(value)
+            monitored = rec.get("val_loss", rec["loss"])
+            if not np.isfinite(monitored) or not np.isfinite(rec["loss"]):
+                diverged = True
+                break
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{rec['loss']:.5g}",
+                val=f"{rec.get('val_loss', float('nan')):.5g}",
+                lr=f"{lr:.2g}",
+                refresh=False,
+            )
+            if monitored < best - sched.tol * abs(best) or not np.isfinite(best):
+                best, best_epoch, since_best, since_plateau = monitored, epoch, 0, 0
+                best_params, best_state = params, state
+                continue
+            if monitored < best:  # improved, but by less than `tol`: keep the better weights
+                best, best_epoch = monitored, epoch
+                best_params, best_state = params, state
+            since_best += 1
+            since_plateau += 1
+            if since_plateau >= sched.plateau_patience:
+                factor *= sched.plateau_factor
+                since_plateau = 0
+            if since_best >= sched.early_stopping_patience and epoch + 1 >= sched.min_epochs:
+                stopped = True
+                break
+
+    return MinibatchResult(
+        params=best_params,
+        state=best_state,
+        history={k: np.asarray(v, dtype=np.float64) for k, v in hist.items()},
+        best_epoch=best_epoch,
+        n_epochs=len(hist["loss"]),
+        stopped_early=stopped,
+        diverged=diverged,
+        n_compilations=traces[0] + eval_traces[0],
+        runtime_s=time.perf_counter() - t0,
+    )

@@ -1,0 +1,563 @@
+"""ZiPo-style deep zero-inflated count autoencoder, in pure JAX.
+
+Network (Sharifitabar et al., "A deep neural network to de-noise single-cell RNA sequencing
+data"; the ZiPo paper):
+
+* **encoder**: the cell's counts enter as ``log1p(x)``; blocks ``dense -> sigmoid -> batch-norm``
+  of widths ``encoder_dims``; the latent layer is one more such block whose dense part reads the
+  output of *every* encoder block when ``residuals=True`` (a linear projection of each block,
+  summed before the sigmoid), otherwise only the last one;
+* known covariates (already numeric and standardised) are concatenated to the latent: ``V``;
+* **library head**: ``log l = MLP(V)`` with blocks of widths ``library_dims`` (16 and 4) and a
+  linear output;
+* **zero-inflation head**: ``logit z = V A_z + b_z`` (one logit per cell and gene);
+* **decoder**: ``log mu = log_softmax(V A_mu + b_mu)`` — expression fractions summing to 1;
+* the rate of the count part is ``m = l mu``; for NB likelihoods a per-gene inverse
+  dispersion ``r_g`` (variance ``m + m^2 / r``).
+
+Loss (per entry, so the penalty weights do not depend on the number of genes)::
+
+    -mean_{c,g} log p(x_cg) + alpha_z mean_{c,g} z_cg^2
+        + alpha_w mean_i [mean_g |W_gi| / sqrt(mean_g W_gi^2)] + alpha_theta mean_g r_g^-2
+
+with the ``_core.likelihoods`` log-pmfs (log-sigmoid forms, no epsilon logs). The ``alpha_w``
+term is the paper's scale-invariant L1/L2 ratio of every first-layer neuron's weights: it
+rewards sparse neurons without rewarding small ones (which batch-norm would undo). The
+``alpha_theta`` term is an L2 penalty on the NB over-dispersion ``1 / r`` (it pulls towards
+the Poisson limit, as ``alpha_z`` pulls towards no zero inflation).
+
+Parameters are a nested ``dict[str, dict[str, array]]`` (``enc_0``, ..., ``latent``,
+``lib_0``, ..., ``lib_out``, ``zi``, ``dec`` and ``disp``); batch-norm running statistics
+are a separate ``state`` dict of the same shape. Both hold only plain arrays, so they store
+as-is in ``AnnData.uns``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..likelihoods import nb_logpmf, poisson_logpmf, zinb_logpmf, zip_logpmf
+
+__all__ = [
+    "LIKELIHOODS",
+    "ZipoConfig",
+    "apply",
+    "densify",
+    "entry_loglik",
+    "init",
+    "loss_fn",
+    "normalized_first_layer",
+    "population_stats",
+    "prune_first_layer",
+    "sparsity_penalty",
+]
+
+#: likelihood name -> (zero-inflated?, negative binomial?)
+LIKELIHOODS: dict[str, tuple[bool, bool]] = {
+    "zip": (True, False),
+    "zinb": (True, True),
+    "poisson": (False, False),
+    "nb": (False, True),
+}
+
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.1
+
+
+@dataclass(frozen=True)
+class ZipoConfig:
+    """Static architecture of a ZiPo network (hashable, so it can be a jit static argument)."""
+
+    n_genes: int
+    encoder_dims: tuple[int, ...] = (256, 64)
+    n_latent: int = 32
+    residuals: bool = True
+    n_covariates: int = 0
+    library_dims: tuple[int, ...] = (16, 4)
+    likelihood: str = "zip"
+    library: str = "predicted"
+    alpha_z: float = 0.1
+    alpha_w: float = 0.1
+    alpha_theta: float = 0.0
+
+    @property
+    def zero_inflated(self) -> bool:
+        return LIKELIHOODS[self.likelihood][0]
+
+    @property
+    def negative_binomial(self) -> bool:
+        return LIKELIHOODS[self.likelihood][1]
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.encoder_dims)
+
+
+# ----------------------------------------------------------------------------- init
+def _dense(key, n_in: int, n_out: int, scale: float = 1.0) -> dict[str, jax.Array]:
+    """PyTorch's default ``nn.Linear`` initialisation, ``U(-1/sqrt(n_in), 1/sqrt(n_in))``."""
+    kw, kb = jax.random.split(key)
+    bound = scale / np.sqrt(n_in)
+    return {
+        "W": jax.random.uniform(kw, (n_in, n_out), jnp.float32, -bound, bound),
+        "b": jax.random.uniform(kb, (n_out,), jnp.float32, -bound, bound),
+    }
+
+
+def _block(key, n_in: int, n_out: int) -> dict[str, jax.Array]:
+    p = _dense(key, n_in, n_out)
+    p["gamma"] = jnp.ones((n_out,), jnp.float32)
+    p["beta"] = jnp.zeros((n_out,), jnp.float32)
+    return p
+
+
+def _bn_state(n: int) -> dict[str, jax.Array]:
+    return {"mean": jnp.zeros((n,), jnp.float32), "var": jnp.ones((n,), jnp.float32)}
+
+
+def init(
+    key,
+    config: ZipoConfig,
+    *,
+    log_fractions: Any,
+    mean_log_library: float,
+    gate_logit: float = -2.0,
+    log_r: Any = 1.0,
+) -> tuple[dict, dict]:
+    """Initial ``(params, state)``.
+
+    The heads start at sensible values: decoder bias at the genes' mean log fractions,
+    library bias at the mean log library size, zero-inflation logits at ``gate_logit`` and
+    log inverse dispersions at ``log_r``; their weights start small so training begins
+    from the per-gene baseline model.
+    """
+    c = config
+    keys = iter(jax.random.split(key, 2 * c.n_blocks + len(c.library_dims) + 8))
+    params: dict[str, dict[str, jax.Array]] = {}
+    state: dict[str, dict[str, jax.Array]] = {}
+    n_in = c.n_genes
+    for i, d in enumerate(c.encoder_dims):
+        params[f"enc_{i}"] = _block(next(keys), n_in, d)
+        state[f"enc_{i}"] = _bn_state(d)
+        n_in = d
+    latent = _block(next(keys), n_in, c.n_latent)
+    if c.residuals:
+        # one projection per earlier block; the last block's projection is latent["W"]
+        for i, d in enumerate(c.encoder_dims[:-1]):
+            latent[f"R_{i}"] = _dense(next(keys), d, c.n_latent)["W"]
+    params["latent"] = latent
+    state["latent"] = _bn_state(c.n_latent)
+    n_v = c.n_latent + c.n_covariates
+    n_in = n_v
+    for i, d in enumerate(c.library_dims):
+        params[f"lib_{i}"] = _block(next(keys), n_in, d)
+        state[f"lib_{i}"] = _bn_state(d)
+        n_in = d
+    lib_out = _dense(next(keys), n_in, 1, scale=0.1)
+    lib_out["b"] = jnp.full((1,), mean_log_library, jnp.float32)
+    params["lib_out"] = lib_out
+    zi = _dense(next(keys), n_v, c.n_genes, scale=0.1)
+    zi["b"] = jnp.full((c.n_genes,), gate_logit, jnp.float32)
+    params["zi"] = zi
+    dec = _dense(next(keys), n_v, c.n_genes, scale=0.1)
+    dec["b"] = jnp.asarray(log_fractions, jnp.float32).reshape(c.n_genes)
+    params["dec"] = dec
+    params["disp"] = {"log_r": jnp.broadcast_to(jnp.asarray(log_r, jnp.float32), (c.n_genes,))}
+    return params, state
+
+
+# ----------------------------------------------------------------------------- forward
+def _batch_norm(h, p, s, train: bool):
+    """Batch norm; in training uses (and returns) the batch moments, else the stored ones."""
+    if train:
+        mean = h.mean(axis=0)
+        var = h.var(axis=0)
+    else:
+        mean, var = s["mean"], s["var"]
+    out = (h - mean) * jax.lax.rsqrt(var + BN_EPS) * p["gamma"] + p["beta"]
+    return out, {"mean": mean, "var": var}
+
+
+def _block_apply(h, p, s, train: bool, extra=None):
+    pre = h @ p["W"] + p["b"]
+    if extra is not None:
+        pre = pre + extra
+    return _batch_norm(jax.nn.sigmoid(pre), p, s, train)
+
+
+def densify(cols, vals, n_genes: int):
+    """Dense ``[batch, n_genes]`` counts from padded sparse rows (padding column ``n_genes``)."""
+    b = cols.shape[0]
+    rows = jnp.broadcast_to(jnp.arange(b)[:, None], cols.shape)
+    x = jnp.zeros((b, n_genes + 1), vals.dtype).at[rows, cols].add(vals)
+    return x[:, :n_genes]
+
+
+def apply(params, state, x, covariates, log_library_obs, *, config: ZipoConfig, train: bool):
+    """Forward pass of a batch of cells.
+
+    Parameters
+    ----------
+    x
+        Dense counts ``[batch, genes]``.
+    covariates
+        ``[batch, n_covariates]`` (standardised) or an array with zero columns.
+    log_library_obs
+        ``[batch]`` log observed library sizes (used when ``config.library == "observed"``).
+    train
+        Use batch statistics in batch-norm layers (and return them); otherwise the stored
+        running statistics, so every cell's output is independent of its batch.
+
+    Returns
+    -------
+    ``(out, batch_stats)``: ``out`` has ``latent`` ``[b, n_latent]``, ``log_library``
+    ``[b]`` (the predicted one), ``log_mu`` ``[b, g]`` (log fractions), ``log_rate``
+    ``[b, g]`` (``log l + log mu`` with the library in use), ``gate_logits`` ``[b, g]``
+    (zero-inflated likelihoods only) and ``log_r`` ``[g]`` (NB likelihoods only).
+    """
+    c = config
+    stats = {}
+    h = jnp.log1p(x)
+    hidden = []
+    for i in range(c.n_blocks):
+        name = f"enc_{i}"
+        h, stats[name] = _block_apply(h, params[name], state[name], train)
+        hidden.append(h)
+    lat = params["latent"]
+    extra = None
+    if c.residuals:
+        for i, hi in enumerate(hidden[:-1]):
+            term = hi @ lat[f"R_{i}"]
+            extra = term if extra is None else extra + term
+    z, stats["latent"] = _block_apply(h, lat, state["latent"], train, extra)
+    v = jnp.concatenate([z, covariates], axis=1) if c.n_covariates else z
+    g = v
+    for i in range(len(c.library_dims)):
+        name = f"lib_{i}"
+        g, stats[name] = _block_apply(g, params[name], state[name], train)
+    log_library = (g @ params["lib_out"]["W"] + params["lib_out"]["b"])[:, 0]
+    log_mu = jax.nn.log_softmax(v @ params["dec"]["W"] + params["dec"]["b"], axis=-1)
+    log_l = log_library if c.library == "predicted" else log_library_obs
+    out = {
+        "latent": z,
+        "log_library": log_library,
+        "log_mu": log_mu,
+        "log_rate": log_l[:, None] + log_mu,
+    }
+    if c.zero_inflated:
+        out["gate_logits"] = v @ params["zi"]["W"] + params["zi"]["b"]
+    if c.negative_binomial:
+        out["log_r"] = params["disp"]["log_r"]
+    return out, stats
+
+
+def entry_loglik(x, out, likelihood: str):
+    """Elementwise log-likelihood ``[batch, genes]`` from the ``_core`` log-pmfs."""
+    log_rate = out["log_rate"]
+    if likelihood == "poisson":
+        return poisson_logpmf(x, log_rate=log_rate)
+    if likelihood == "zip":
+        return zip_logpmf(x, log_rate=log_rate, gate_logits=out["gate_logits"])
+    log_r = out["log_r"]
+    r = jnp.exp(log_r)
+    logits = log_rate - log_r  # NB(r, p) with mean r p / (1 - p) = exp(log_rate)
+    if likelihood == "nb":
+        return nb_logpmf(x, r, logits=logits)
+    if likelihood == "zinb":
+        return zinb_logpmf(x, r, logits=logits, gate_logits=out["gate_logits"])
+    raise ValueError(f"unknown likelihood {likelihood!r}")
+
+
+def sparsity_penalty(W):
+    """Scale-invariant L1/L2 ratio, averaged over first-layer neurons (columns of ``W``).
+
+    ``mean_i mean_g |W_gi| / sqrt(mean_g W_gi^2)``: 1 for a neuron with equal-magnitude
+    weights, ``1/sqrt(G)`` for a neuron with one non-zero weight; multiplying a neuron's
+    weights by any non-zero constant leaves it unchanged.
+    """
+    l1 = jnp.mean(jnp.abs(W), axis=0)
+    l2 = jnp.sqrt(jnp.mean(W * W, axis=0) + 1e-30)
+    return jnp.mean(l1 / l2)
+
+
+def loss_fn(params, state, batch, mask, key, *, config: ZipoConfig, train: bool):
+    """Penalised per-entry loss of a batch, in the minibatch driver's convention.
+
+    ``batch`` holds ``cols``/``vals`` (padded sparse rows), ``cov`` and ``log_lib``;
+    ``mask`` ``[batch]`` weights the cells (0 for padding). Returns
+    ``(loss, (new_state, metrics))``; in training the new state is the exponential moving
+    average of batch-norm moments.
+    """
+    del key  # deterministic network
+    c = config
+    x = densify(batch["cols"], batch["vals"], c.n_genes)
+    out, stats = apply(params, state, x, batch["cov"], batch["log_lib"], config=c, train=train)
+    w = mask / jnp.sum(mask)
+    ll = entry_loglik(x, out, c.likelihood)
+    nll = -jnp.sum(w * ll.mean(axis=1))
+    loss = nll
+    metrics = {"nll": nll}
+    if c.zero_inflated:
+        gate = jax.nn.sigmoid(out["gate_logits"])
+        mean_gate = jnp.sum(w * gate.mean(axis=1))
+        metrics["mean_gate"] = mean_gate
+        loss = loss + c.alpha_z * jnp.sum(w * (gate * gate).mean(axis=1))
+    if c.alpha_w:
+        loss = loss + c.alpha_w * sparsity_penalty(params["enc_0"]["W"])
+    if c.negative_binomial and c.alpha_theta:
+        loss = loss + c.alpha_theta * jnp.mean(jnp.exp(-2.0 * params["disp"]["log_r"]))
+    if train:
+        new_state = jax.tree_util.tree_map(
+            lambda s, b: (1.0 - BN_MOMENTUM) * s + BN_MOMENTUM * b, state, stats
+        )
+    else:
+        new_state = state
+    return loss, (new_state, metrics)
+
+
+# ----------------------------------------------------------------------------- batch-norm
+def population_stats(params, state, batches: Mapping[str, Any], *, config: ZipoConfig):
+    """Batch-norm statistics recomputed with the final weights over whole training batches.
+
+    ``batches`` holds ``cols``, ``vals``, ``cov``, ``log_lib`` with a leading
+    ``[n_batches, batch_size]`` shape. Each layer's running mean is the average of its batch
+    means and its running variance the average unbiased batch variance (as PyTorch's
+    ``update_bn``), so inference uses statistics of the network as trained rather than a
+    moving average that lags behind the last updates.
+    """
+    c = config
+
+    def one(carry, b):
+        x = densify(b["cols"], b["vals"], c.n_genes)
+        _, stats = apply(params, state, x, b["cov"], b["log_lib"], config=c, train=True)
+        return carry, stats
+
+    _, stats = jax.lax.scan(one, None, batches)
+    n = batches["cols"].shape[1]
+    corr = n / max(n - 1, 1)
+    return {
+        name: {"mean": s["mean"].mean(axis=0), "var": s["var"].mean(axis=0) * corr}
+        for name, s in stats.items()
+    }
+
+
+# ----------------------------------------------------------------------------- pruning
+def normalized_first_layer(W: np.ndarray) -> np.ndarray:
+    """``|W|`` divided, per first-layer neuron (column), by the neuron's largest ``|W|``."""
+    a = np.abs(np.asarray(W, dtype=np.float64))
+    top = a.max(axis=0, keepdims=True)
+    return np.divide(a, top, out=np.zeros_like(a), where=top > 0)
+
+
+def prune_first_layer(W: np.ndarray, delta: float) -> tuple[np.ndarray, float]:
+    """Zero the first-layer weights whose normalised magnitude is below ``delta``.
+
+    Returns the pruned copy and the fraction of weights that are zero afterwards.
+    """
+    W = np.asarray(W)
+    keep = normalized_first_layer(W) >= delta
+    out = np.where(keep, W, 0).astype(W.dtype)
+    return out, float(1.0 - keep.mean())
+
+
+# ----------------------------------------------------------------------------- data and fitting
+def cell_arrays(counts, covariates: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-cell arrays the network reads: padded sparse rows, covariates, log library.
+
+    ``counts`` is a :class:`~scnbtools._core.data.CountData`; nothing is densified.
+    """
+    rows = counts.padded_rows()
+    lib = counts.cell_totals()
+    n = counts.n_cells
+    cov = np.zeros((n, 0), np.float32) if covariates is None else np.asarray(covariates, np.float32)
+    return {
+        "cols": rows.cols,
+        "vals": rows.vals,
+        "cov": cov,
+        "log_lib": np.log(np.maximum(lib, 1.0)).astype(np.float32),
+    }
+
+
+def subset(arrays: Mapping[str, np.ndarray], idx) -> dict[str, np.ndarray]:
+    return {k: v[idx] for k, v in arrays.items()}
+
+
+def init_from_data(key, config: ZipoConfig, counts, train_idx, *, gate_logit: float = -2.0):
+    """:func:`init` with the heads started at the training cells' per-gene baseline."""
+    totals = np.asarray(counts.X[train_idx].sum(axis=0), dtype=np.float64).ravel()
+    frac = (totals + 0.5) / (totals + 0.5).sum()
+    lib = np.maximum(counts.cell_totals()[train_idx], 1.0)
+    return init(
+        key,
+        config,
+        log_fractions=np.log(frac),
+        mean_log_library=float(np.log(lib).mean()),
+        gate_logit=gate_logit,
+        log_r=float(np.log(5.0)),
+    )
+
+
+@dataclass
+class ZipoFit:
+    params: dict
+    state: dict
+    history: dict[str, np.ndarray]
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    best_epoch: int
+    n_epochs: int
+    stopped_early: bool
+    n_compilations: int
+    runtime_s: float
+    batch_size: int
+
+
+class ZipoDivergenceError(RuntimeError):
+    """Training produced a non-finite loss."""
+
+
+def bound_loss(config: ZipoConfig):
+    """``loss_fn`` with the config bound, in the minibatch driver's signature."""
+
+    def f(params, state, batch, mask, key, train):
+        return loss_fn(params, state, batch, mask, key, config=config, train=train)
+
+    return f
+
+
+def fit(
+    counts,
+    config: ZipoConfig,
+    *,
+    covariates: np.ndarray | None = None,
+    rng: int = 0,
+    batch_size: int = 256,
+    max_epochs: int = 200,
+    validation_fraction: float = 0.1,
+    schedule=None,
+    progress_bar: bool = False,
+) -> ZipoFit:
+    """Train a ZiPo network on ``counts`` (a ``CountData``); returns NumPy parameters."""
+    from ..infer.minibatch import run_minibatch
+
+    n = counts.n_cells
+    rs = np.random.default_rng(rng)
+    perm = rs.permutation(n)
+    n_val = int(round(validation_fraction * n))
+    val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    batch_size = min(batch_size, train_idx.size)
+    arrays = cell_arrays(counts, covariates)
+    key = jax.random.PRNGKey(rng)
+    k_init, k_train, k_bn = jax.random.split(key, 3)
+    params, state = init_from_data(k_init, config, counts, train_idx)
+    to_dev = lambda a: jax.tree_util.tree_map(jnp.asarray, a)  # noqa: E731
+    train_data = to_dev(subset(arrays, train_idx))
+    val_data = to_dev(subset(arrays, val_idx)) if n_val else None
+    res = run_minibatch(
+        bound_loss(config),
+        params,
+        state,
+        train_data,
+        val_data,
+        rng_key=k_train,
+        batch_size=batch_size,
+        max_epochs=max_epochs,
+        schedule=schedule,
+        progress_bar=progress_bar,
+        desc="ZiPo",
+    )
+    if res.diverged:
+        raise ZipoDivergenceError(
+            f"ZiPo training diverged (non-finite loss) in epoch {res.n_epochs}; lower "
+            "`learning_rate` or `max_epochs`, or check the input counts."
+        )
+    # batch-norm statistics of the final network over whole training batches
+    n_b = train_idx.size // batch_size
+    order = np.asarray(jax.random.permutation(k_bn, train_idx.size))[: n_b * batch_size]
+    batches = {
+        k: v[order].reshape((n_b, batch_size, *v.shape[1:]))
+        for k, v in subset(arrays, train_idx).items()
+    }
+    state = jax.jit(population_stats, static_argnames="config")(
+        res.params, res.state, to_dev(batches), config=config
+    )
+    to_np = lambda t: jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
+    return ZipoFit(
+        params=to_np(res.params),
+        state=to_np(state),
+        history=res.history,
+        train_idx=train_idx,
+        val_idx=val_idx,
+        best_epoch=res.best_epoch,
+        n_epochs=res.n_epochs,
+        stopped_early=res.stopped_early,
+        n_compilations=res.n_compilations,
+        runtime_s=res.runtime_s,
+        batch_size=batch_size,
+    )
+
+
+# ----------------------------------------------------------------------------- inference
+def map_cells(params, state, arrays, *, config: ZipoConfig, fn, batch_size: int = 512):
+    """Apply ``fn(out, x, mask) -> dict`` to every cell in evaluation mode.
+
+    ``out`` is :func:`apply`'s output and ``x`` the dense counts of a batch; ``mask`` is 1
+    for real cells, 0 for padding. Outputs whose name starts with ``sum_`` must be sums over
+    the batch (weighted by ``mask``) and are summed over batches; the others are per-cell
+    ``[batch, ...]`` arrays, concatenated with the padding dropped. Cells go through in
+    fixed-size batches, so the jitted function compiles once and only one batch is dense
+    at a time.
+    """
+    n = int(arrays["cols"].shape[0])
+    bs = max(1, min(batch_size, n))
+    p = jax.tree_util.tree_map(jnp.asarray, params)
+    s = jax.tree_util.tree_map(jnp.asarray, state)
+
+    @jax.jit
+    def run(p, s, batch, mask):
+        x = densify(batch["cols"], batch["vals"], config.n_genes)
+        out, _ = apply(p, s, x, batch["cov"], batch["log_lib"], config=config, train=False)
+        return fn(out, x, mask)
+
+    sums: dict[str, np.ndarray] = {}
+    pieces: dict[str, list[np.ndarray]] = {}
+    for start in range(0, n, bs):
+        m = min(bs, n - start)
+        idx = np.minimum(np.arange(start, start + bs), n - 1)
+        mask = (np.arange(bs) < m).astype(np.float32)
+        res = run(p, s, {k: jnp.asarray(v[idx]) for k, v in arrays.items()}, jnp.asarray(mask))
+        for k, v in res.items():
+            v = np.asarray(v, dtype=np.float64 if k.startswith("sum_") else None)
+            if k.startswith("sum_"):
+                sums[k] = sums.get(k, 0.0) + v
+            else:
+                pieces.setdefault(k, []).append(v[:m])
+    return {**{k: np.concatenate(v) for k, v in pieces.items()}, **sums}
+
+
+def cell_outputs(out, x, mask, *, config: ZipoConfig):
+    """Per-cell latent and library, and per-gene sums (for means and sds over cells) of the
+    zero-inflation probability ``gate``, the fraction ``rho`` and the NB mean ``mu``."""
+    del x
+    w = mask[:, None]
+    res = {"latent": out["latent"], "log_library": out["log_library"]}
+    per_gene = {"rho": jnp.exp(out["log_mu"]), "mu": jnp.exp(out["log_rate"])}
+    if config.zero_inflated:
+        per_gene["gate"] = jax.nn.sigmoid(out["gate_logits"])
+    for name, a in per_gene.items():
+        res[f"sum_{name}"] = (w * a).sum(0)
+        res[f"sum_{name}2"] = (w * a * a).sum(0)
+    res["sum_n"] = mask.sum()
+    return res
+
+
+def cell_loglik(out, x, mask, *, config: ZipoConfig):
+    """Per-cell log-likelihood summed over genes."""
+    del mask
+    return {"ll": entry_loglik(x, out, config.likelihood).sum(axis=1)}
