@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ._core.summaries import STATS
 
-__all__ = ["STATS", "gene_key", "gene_keys", "cell_key", "uns_key"]
+__all__ = ["STATS", "cell_key", "gene_key", "gene_keys", "uns_key"]
 
 
 def gene_key(key: str, stat: str) -> str:

@@ -20,8 +20,19 @@ class _Settings:
     """
 
     def __init__(self):
-        self.progress_bar: bool = True
+        self._progress_bar = True
         self._verbosity = 1
+        self.verbosity = 1  # set the "scnbtools" logger's level from the start
+
+    @property
+    def progress_bar(self) -> bool:
+        return self._progress_bar
+
+    @progress_bar.setter
+    def progress_bar(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"`settings.progress_bar` must be True or False, got {value!r}.")
+        self._progress_bar = value
 
     @property
     def verbosity(self) -> int:
@@ -29,8 +40,16 @@ class _Settings:
 
     @verbosity.setter
     def verbosity(self, value: int) -> None:
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 3:
-            raise ValueError(f"`verbosity` must be an integer 0–3, got {value!r}.")
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(
+                f"`settings.verbosity` must be an integer 0–3 (0 errors, 1 warnings, 2 info, "
+                f"3 debug), got {value!r}."
+            )
+        if not 0 <= value <= 3:
+            raise ValueError(
+                f"`settings.verbosity` must be 0 (errors), 1 (warnings), 2 (info) or 3 (debug), "
+                f"got {value!r}."
+            )
         self._verbosity = value
         logging.getLogger("scnbtools").setLevel(
             {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}[value]

@@ -11,15 +11,17 @@ from ._core.data import CountData
 
 __all__ = [
     "check_adata",
+    "check_bool",
     "check_key",
-    "check_positive_int",
     "check_positive_float",
+    "check_positive_int",
     "counts_from",
     "resolve_rng",
 ]
 
 
-def check_adata(adata) -> AnnData:
+def check_adata(adata, *, allow_view: bool = False) -> AnnData:
+    """``adata`` if it is a non-empty AnnData (and not a view unless ``allow_view``)."""
     if not isinstance(adata, AnnData):
         raise TypeError(
             f"`adata` must be an AnnData object, got {type(adata).__name__}. "
@@ -30,7 +32,7 @@ def check_adata(adata) -> AnnData:
             f"`adata` is empty ({adata.n_obs} cells × {adata.n_vars} genes); need at least "
             "one cell and one gene."
         )
-    if adata.is_view:
+    if adata.is_view and not allow_view:
         # a view would be silently turned into a copy when we write results
         raise ValueError(
             "`adata` is a view; results cannot be written into it. Call `.copy()` first, "
@@ -42,17 +44,23 @@ def check_adata(adata) -> AnnData:
 def get_matrix(adata: AnnData, layer: str | None):
     if layer is None:
         if adata.X is None:
-            raise ValueError("`adata.X` is None; pass the layer that holds raw counts via `layer=`.")
+            raise ValueError(
+                "`adata.X` is None; pass the layer that holds raw counts via `layer=`."
+            )
         return adata.X, "adata.X"
     if not isinstance(layer, str):
-        raise TypeError(f"`layer` must be a string or None, got {type(layer).__name__}.")
+        raise TypeError(
+            f"`layer` must be the name of a layer (a string) or None for `X`, got {layer!r}."
+        )
     if layer not in adata.layers:
         avail = ", ".join(map(repr, adata.layers.keys())) or "none"
         raise KeyError(f"`layer`={layer!r} is not in `adata.layers` (available: {avail}).")
     return adata.layers[layer], f"adata.layers[{layer!r}]"
 
 
-def counts_from(adata: AnnData, layer: str | None, *, allow_empty_genes=False, allow_empty_cells=True):
+def counts_from(
+    adata: AnnData, layer: str | None, *, allow_empty_genes=False, allow_empty_cells=True
+):
     """Validated :class:`CountData` from ``adata`` (``X`` or ``layer``)."""
     X, name = get_matrix(adata, layer)
     try:
@@ -65,8 +73,8 @@ def counts_from(adata: AnnData, layer: str | None, *, allow_empty_genes=False, a
             names = ", ".join(map(str, adata.var_names[zg[:5]]))
             raise ValueError(
                 f"{zg.size} gene(s) have zero counts in every cell (e.g. {names}); their "
-                "parameters are not identifiable. Remove them first, e.g. "
-                "`sc.pp.filter_genes(adata, min_counts=1)`."
+                "parameters are not identifiable. Remove them first with "
+                "`snb.pp.filter_empty(adata)` or `sc.pp.filter_genes(adata, min_counts=1)`."
             )
     if not allow_empty_cells:
         zc = counts.zero_cells()
@@ -74,17 +82,29 @@ def counts_from(adata: AnnData, layer: str | None, *, allow_empty_genes=False, a
             names = ", ".join(map(str, adata.obs_names[zc[:5]]))
             raise ValueError(
                 f"{zc.size} cell(s) have zero counts in every gene (e.g. {names}). Remove them "
-                "first, e.g. `sc.pp.filter_cells(adata, min_counts=1)`."
+                "first with `snb.pp.filter_empty(adata)` or `sc.pp.filter_cells(adata, min_counts=1)`."
             )
     return counts
 
 
 def check_key(key, name: str = "key_added") -> str:
-    if not isinstance(key, str) or not key or not key.replace("_", "").replace("-", "").isalnum():
+    if not isinstance(key, str):
+        raise TypeError(f"`{name}` must be a string, got {key!r} ({type(key).__name__}).")
+    if not key or not key.replace("_", "").replace("-", "").isalnum():
         raise ValueError(
             f"`{name}` must be a non-empty string of letters, digits, '_' or '-', got {key!r}."
         )
     return key
+
+
+def check_bool(value, name: str, *, allow_none: bool = False) -> bool | None:
+    """``value`` if it is ``True`` / ``False`` (or ``None`` when allowed), else a TypeError."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, bool | np.bool_):
+        allowed = "True, False or None" if allow_none else "True or False"
+        raise TypeError(f"`{name}` must be {allowed}, got {value!r}.")
+    return bool(value)
 
 
 def check_positive_int(value, name: str, minimum: int = 1) -> int:
@@ -109,7 +129,8 @@ def resolve_rng(rng) -> int:
         return int(rng.integers(0, 2**31 - 1))
     if isinstance(rng, bool) or not isinstance(rng, numbers.Integral):
         raise TypeError(
-            f"`rng` must be an int seed or a numpy.random.Generator, got {type(rng).__name__}."
+            f"`rng` must be an int seed or a numpy.random.Generator, got {rng!r} "
+            f"({type(rng).__name__}); e.g. `rng=0` or `rng=np.random.default_rng(0)`."
         )
     if not 0 <= int(rng) < 2**32:
         raise ValueError(f"`rng` must be in [0, 2**32), got {rng}.")
@@ -121,6 +142,4 @@ def resolve_progress(progress_bar) -> bool:
 
     if progress_bar is None:
         return bool(settings.progress_bar)
-    if not isinstance(progress_bar, bool):
-        raise TypeError(f"`progress_bar` must be True, False or None, got {progress_bar!r}.")
-    return progress_bar
+    return check_bool(progress_bar, "progress_bar", allow_none=True)

@@ -81,7 +81,9 @@ class GeneHistograms:
         first = np.maximum.accumulate(first)
         j = np.arange(total, dtype=np.int64) - first
         log_fact = float(np.sum(w * _lgamma1p(value)))
-        return SurvivalGrid(genes.astype(np.int32), j.astype(np.float32), counts.astype(np.float32), log_fact)
+        return SurvivalGrid(
+            genes.astype(np.int32), j.astype(np.float32), counts.astype(np.float32), log_fact
+        )
 
     def dense(self, gene: int, max_count: int | None = None) -> np.ndarray:
         """Histogram of one gene as a dense vector ``h[k] = #cells with count k``."""
@@ -128,6 +130,18 @@ class PaddedRows:
     n_genes: int
 
 
+def _check_shape_dtype(shape: tuple[int, ...], dtype, name: str) -> None:
+    if len(shape) != 2:
+        raise CountValidationError(
+            f"{name} must be a 2-D cells × genes matrix of raw counts, got shape {tuple(shape)}."
+        )
+    if not any(np.issubdtype(dtype, kind) for kind in (np.integer, np.floating, np.bool_)):
+        raise CountValidationError(
+            f"{name} has dtype {dtype}; raw counts must be integers or floats. "
+            "Pass raw counts via `layer=`."
+        )
+
+
 def _is_integral(a: np.ndarray) -> bool:
     return bool(np.all(a == np.round(a)))
 
@@ -146,21 +160,14 @@ class CountData:
     def __init__(self, X, *, name: str = "X"):
         self.name = name
         if sp.issparse(X):
+            _check_shape_dtype(X.shape, X.dtype, name)
             if X.format not in ("csr", "csc"):
                 X = X.tocsr()
             X = X.copy() if not X.has_sorted_indices else X
             self._X = X
         elif isinstance(X, np.ndarray) or hasattr(X, "__array__"):
             arr = np.asarray(X)
-            if arr.ndim != 2:
-                raise CountValidationError(
-                    f"{name} must be a 2-D cells × genes matrix, got an array of shape {arr.shape}."
-                )
-            if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-                raise CountValidationError(
-                    f"{name} has dtype {arr.dtype}; raw counts must be numeric. "
-                    "Pass raw counts via `layer=`."
-                )
+            _check_shape_dtype(arr.shape, arr.dtype, name)
             self._X = arr
         else:
             raise TypeError(
@@ -217,20 +224,25 @@ class CountData:
         """The underlying matrix (not copied)."""
         return self._X
 
+    # sums accumulate in float64 whatever the input dtype (float32 sums of counts lose
+    # integers beyond 2^24 and made sparse and dense input disagree)
     def gene_totals(self) -> np.ndarray:
-        return np.asarray(self._X.sum(axis=0), dtype=np.float64).ravel()
+        return np.asarray(self._X.sum(axis=0, dtype=np.float64)).ravel()
 
     def cell_totals(self) -> np.ndarray:
-        return np.asarray(self._X.sum(axis=1), dtype=np.float64).ravel()
+        return np.asarray(self._X.sum(axis=1, dtype=np.float64)).ravel()
 
     def gene_moments(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-gene mean and (population) variance, without densifying."""
+        """Per-gene mean and (population) variance, without densifying (float64 sums)."""
         n = self.n_cells
         if self.is_sparse:
-            X = self._X
-            mean = np.asarray(X.sum(axis=0), dtype=np.float64).ravel() / n
-            sq = X.multiply(X) if hasattr(X, "multiply") else X.power(2)
-            ex2 = np.asarray(sq.sum(axis=0), dtype=np.float64).ravel() / n
+            s = np.zeros(self.n_genes)
+            s2 = np.zeros(self.n_genes)
+            for _, cols, vals in self._triplets(with_rows=False):
+                v64 = np.asarray(vals, dtype=np.float64)
+                s += np.bincount(cols, weights=v64, minlength=self.n_genes)
+                s2 += np.bincount(cols, weights=v64 * v64, minlength=self.n_genes)
+            mean, ex2 = s / n, s2 / n
         else:
             s = np.zeros(self.n_genes)
             s2 = np.zeros(self.n_genes)

@@ -6,6 +6,9 @@ No AnnData here: inputs are a :class:`~scnbtools._core.data.CountData` and a
 
 from __future__ import annotations
 
+import collections
+import functools
+
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +23,6 @@ from .models._spec import ModelSpec, build_guide, build_model, sample_guide
 from .summaries import summarize
 
 __all__ = ["GeneFit", "fit_gene_model", "histogram_arrays", "make_row_batch_fn", "posterior_draws"]
-
 
 
 @dataclass
@@ -69,6 +71,26 @@ def histogram_arrays(hist: GeneHistograms, spec: ModelSpec | None = None) -> dic
                 surv_count=jnp.asarray(s.count),
                 log_factorial_sum=jnp.asarray(s.log_factorial_sum, dtype=jnp.float32),
             )
+    return _pad_entries(out)
+
+
+def _bucket(n: int) -> int:
+    """Next power of two (at least 1024): padded sizes let refits reuse compiled code."""
+    return max(1024, 1 << max(int(n) - 1, 0).bit_length())
+
+
+def _pad_entries(arrays: dict) -> dict:
+    """Pad the per-entry and survival arrays to bucket sizes with zero weights (exact:
+    padded entries contribute ``0 * finite``)."""
+    out = dict(arrays)
+    groups = [("value", "gene", "weight")]
+    if "surv_gene" in arrays:
+        groups.append(("surv_gene", "surv_j", "surv_count"))
+    for names in groups:
+        n = int(arrays[names[0]].shape[0])
+        pad = _bucket(n) - n
+        for name in names:
+            out[name] = jnp.pad(arrays[name], (0, pad))
     return out
 
 
@@ -93,11 +115,42 @@ def make_row_batch_fn(n_cells: int, n_genes: int, batch_size: int):
     return batch_fn
 
 
+@functools.lru_cache(maxsize=32)
+def _draws_fn(model_name: str, guide: str, n: int):
+    from .models import get_model
+
+    spec = get_model(model_name)
+
+    def draw(params, key):
+        draws = sample_guide(spec, guide, params, key, n)
+        draws.update(spec.derived(draws))
+        return draws
+
+    return jax.jit(draw)
+
+
 def posterior_draws(spec: ModelSpec, guide: str, params: Mapping[str, Any], key, n: int) -> dict:
-    """Draws of every site and derived quantity (leading axis = draw)."""
-    draws = sample_guide(spec, guide, params, key, n)
-    draws.update(spec.derived(draws))
+    """Draws of every site and derived quantity (leading axis = draw); jitted and cached
+    per (model, guide, n) so repeated calls (plots, ``get``) do not retrace."""
+    jparams = {k: jnp.asarray(v) for k, v in params.items()}
+    draws = _draws_fn(spec.name, guide, int(n))(jparams, key)
     return {k: np.asarray(v) for k, v in draws.items()}
+
+
+_RUNNERS: collections.OrderedDict = collections.OrderedDict()
+_MAX_RUNNERS = 16
+
+
+def _runner_cache(key) -> dict:
+    """Per-configuration slot for the compiled SVI chunk runner (small LRU)."""
+    if key in _RUNNERS:
+        _RUNNERS.move_to_end(key)
+        return _RUNNERS[key]
+    slot: dict = {}
+    _RUNNERS[key] = slot
+    while len(_RUNNERS) > _MAX_RUNNERS:
+        _RUNNERS.popitem(last=False)
+    return slot
 
 
 def fit_gene_model(
@@ -125,6 +178,15 @@ def fit_gene_model(
     sparse rows.
     """
     guide_kind = "map" if inference == "map" else guide
+    cache_key = (
+        spec.name,
+        guide_kind,
+        tuple(sorted((k, f, tuple(h)) for k, (f, h) in priors.items())),
+        counts.n_genes,
+        int(chunk_size),
+        int(num_particles),
+        None if batch_size is None else (int(batch_size), counts.n_cells),
+    )
     mean, var = counts.gene_moments()
     init = spec.init_values(mean, var)
     n_genes = counts.n_genes
@@ -156,6 +218,7 @@ def fit_gene_model(
         batch_source=source,
         progress_bar=progress_bar,
         desc=f"{spec.name} {inference}",
+        cache=_runner_cache(cache_key),
     )
     if res.diverged:
         raise DivergenceError(

@@ -124,4 +124,6 @@ def poisson_logpmf(x, rate=None, *, log_rate=None):
 
 def zip_logpmf(x, rate=None, gate=None, *, log_rate=None, gate_logits=None):
     """Log-pmf of the zero-inflated Poisson."""
-    return zero_inflate(x, poisson_logpmf(x, rate, log_rate=log_rate), gate, gate_logits=gate_logits)
+    return zero_inflate(
+        x, poisson_logpmf(x, rate, log_rate=log_rate), gate, gate_logits=gate_logits
+    )

@@ -1,3 +1,6 @@
-"""Bundled real data and seeded synthetic generators with ground truth."""
+"""Bundled small real data and seeded synthetic generators with ground truth."""
 
-__all__: list[str] = []
+from ._pbmc3k import pbmc3k
+from ._synthetic import synthetic_nbdm, synthetic_zinb
+
+__all__ = ["pbmc3k", "synthetic_nbdm", "synthetic_zinb"]

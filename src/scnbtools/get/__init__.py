@@ -1,5 +1,14 @@
 """Read results back from an AnnData (the supported reading API)."""
 
+from ._glm import glm_coef, glm_stats
 from ._posterior import fit_result, posterior_df, posterior_samples
+from ._zipo import zipo_gene_programs
 
-__all__ = ["fit_result", "posterior_df", "posterior_samples"]
+__all__ = [
+    "fit_result",
+    "glm_coef",
+    "glm_stats",
+    "posterior_df",
+    "posterior_samples",
+    "zipo_gene_programs",
+]

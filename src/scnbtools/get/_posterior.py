@@ -16,54 +16,117 @@ from .._validate import check_positive_int, resolve_rng
 __all__ = ["fit_result", "posterior_df", "posterior_samples"]
 
 
-def fit_result(adata: AnnData, key: str) -> dict:
-    """``adata.uns[key]`` of an NB-family fit, with a clear error if it is missing."""
+def fit_result(adata: AnnData, *, key: str) -> dict:
+    """Everything an NB-family fit stored in ``adata.uns[key]``.
+
+    Parameters
+    ----------
+    adata
+        AnnData fitted by e.g. :func:`scnbtools.tl.fit_zinb`.
+    key
+        The fit's ``key_added``.
+
+    Returns
+    -------
+    The ``adata.uns[key]`` dict (``params``, ``global``, ``loss``, ``learning_rate``,
+    ``converged``, ``n_steps_run``, ``runtime_s``, ``n_cells``, ``variational_params``),
+    not a copy. A ``KeyError`` listing the fits present is raised if there is none.
+    """
     if not isinstance(adata, AnnData):
-        raise TypeError(f"`adata` must be an AnnData object, got {type(adata).__name__}.")
+        raise TypeError(
+            f"`adata` must be an AnnData object, got {type(adata).__name__}. "
+            "Pass the AnnData you fitted with `snb.tl.fit_*`."
+        )
     if not isinstance(key, str):
-        raise TypeError(f"`key` must be a string, got {type(key).__name__}.")
+        raise TypeError(f"`key` must be a string (a fit's `key_added`), got {key!r}.")
     res = adata.uns.get(_keys.uns_key(key))
     if not isinstance(res, dict) or "params" not in res or "variational_params" not in res:
-        fits = [k for k, v in adata.uns.items() if isinstance(v, dict) and "variational_params" in v]
+        fits = [
+            k for k, v in adata.uns.items() if isinstance(v, dict) and "variational_params" in v
+        ]
         raise KeyError(
-            f"no scnbtools fit under key {key!r} in `adata.uns` (fits found: "
-            f"{', '.join(map(repr, fits)) or 'none'}). Run e.g. `snb.tl.fit_zinb(adata, key_added={key!r})` first."
+            f"`key`={key!r}: no scnbtools fit under this key in `adata.uns` (fits found: "
+            f"{', '.join(map(repr, fits)) or 'none'}). Pass one of those as `key=`, or run e.g. "
+            f"`snb.tl.fit_zinb(adata, key_added={key!r})` first."
         )
     return res
 
 
-def posterior_df(adata: AnnData, key: str, param: str) -> pd.DataFrame:
+def posterior_df(adata: AnnData, *, key: str, param: str) -> pd.DataFrame:
     """Posterior summaries of one parameter as a DataFrame.
 
-    Per-gene parameters (``r``, ``gate``, ``mu``, ``rho``) give one row per gene;
-    global ones (``p``) a single row. Columns: ``mean, sd, q05, q50, q95``.
+    Parameters
+    ----------
+    adata
+        AnnData fitted by e.g. :func:`scnbtools.tl.fit_zinb`.
+    key
+        The fit's ``key_added``.
+    param
+        A per-gene parameter (``r``, ``gate`` for ZINB, ``mu``, ``rho``) or a global one
+        (``p``).
+
+    Returns
+    -------
+    Columns ``mean, sd, q05, q50, q95``; one row per gene (indexed by ``var_names``) for a
+    per-gene parameter, a single row (indexed by the parameter name) for a global one.
     """
-    res = fit_result(adata, key)
+    res = fit_result(adata, key=key)
     spec = get_model(str(res["params"]["model"]))
     glob = res.get("global", {})
+    if not isinstance(param, str):
+        raise TypeError(f"`param` must be a string, got {param!r}.")
     if param in glob:
         g = glob[param]
-        return pd.DataFrame({s: [float(g[s])] for s in STATS}, index=pd.Index([param], name="param"))
-    first = adata.varm.get(_keys.gene_key(key, "mean"))
-    if first is None:
-        raise KeyError(f"`adata.varm[{_keys.gene_key(key, 'mean')!r}]` is missing; refit with key_added={key!r}.")
+        return pd.DataFrame(
+            {s: [float(g[s])] for s in STATS}, index=pd.Index([param], name="param")
+        )
     if param not in spec.gene_outputs:
         valid = [*glob.keys(), *spec.gene_outputs]
-        raise KeyError(f"`param`={param!r} is not a parameter of this {spec.name} fit; choose one of {', '.join(map(repr, valid))}.")
+        raise KeyError(
+            f"`param`={param!r} is not a parameter of this {spec.name} fit; choose one of "
+            f"{', '.join(map(repr, valid))}."
+        )
     cols = {}
     for stat in STATS:
-        df = adata.varm[_keys.gene_key(key, stat)]
-        cols[stat] = np.asarray(df[param] if isinstance(df, pd.DataFrame) else df[:, spec.gene_outputs.index(param)])
+        vkey = _keys.gene_key(key, stat)
+        if vkey not in adata.varm:
+            raise KeyError(
+                f"`adata.varm[{vkey!r}]` is missing (removed or subset away?); refit with "
+                f"`key_added={key!r}`."
+            )
+        df = adata.varm[vkey]
+        cols[stat] = np.asarray(
+            df[param] if isinstance(df, pd.DataFrame) else df[:, spec.gene_outputs.index(param)],
+            dtype=np.float64,
+        )
     return pd.DataFrame(cols, index=adata.var_names.copy())
 
 
-def posterior_samples(adata: AnnData, key: str, *, n_samples: int = 100, rng=0) -> dict[str, np.ndarray]:
-    """Fresh draws from the stored posterior: ``{param: array [n_samples, ...]}``.
+def posterior_samples(
+    adata: AnnData, *, key: str, n_samples: int = 100, rng: int | np.random.Generator = 0
+) -> dict[str, np.ndarray]:
+    """Fresh draws from the stored posterior.
 
-    Gene-level arrays are ``[n_samples, n_genes]``; global ones ``[n_samples]``. Works after
-    ``write_h5ad`` / ``read_h5ad`` (everything needed is in ``adata.uns[key]``).
+    Works after ``write_h5ad`` / ``read_h5ad`` and ``write_zarr`` / ``read_zarr``
+    (everything needed is in ``adata.uns[key]['variational_params']``).
+
+    Parameters
+    ----------
+    adata
+        AnnData fitted by e.g. :func:`scnbtools.tl.fit_zinb`.
+    key
+        The fit's ``key_added``.
+    n_samples
+        Number of draws (a MAP fit gives identical draws, the point estimate).
+    rng
+        Seed (int) or ``numpy.random.Generator``; the same seed gives identical draws.
+
+    Returns
+    -------
+    ``{param: array}`` for every latent and derived parameter: per-gene ones are
+    ``[n_samples, n_genes]``, global ones ``[n_samples]``.
     """
-    res = fit_result(adata, key)
+    res = fit_result(adata, key=key)
     spec = get_model(str(res["params"]["model"]))
     n = check_positive_int(n_samples, "n_samples")
     seed = resolve_rng(rng)

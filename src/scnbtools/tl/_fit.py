@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+import sys
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +21,7 @@ from .._core.summaries import STATS
 from .._logging import logger
 from .._validate import (
     check_adata,
+    check_bool,
     check_key,
     check_positive_float,
     check_positive_int,
@@ -36,7 +39,18 @@ _INFERENCE = ("svi", "map")
 def available_models() -> pd.DataFrame:
     """The model registry as a table (name and description)."""
     reg = _available()
-    return pd.DataFrame({"description": list(reg.values())}, index=pd.Index(list(reg), name="model"))
+    return pd.DataFrame(
+        {"description": list(reg.values())}, index=pd.Index(list(reg), name="model")
+    )
+
+
+def _user_stacklevel() -> int:
+    """``warnings.warn`` stacklevel, seen from the caller, of the first frame outside this
+    module, so a warning points at the user's line whether ``fit`` or ``fit_<model>`` was called."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 def _versions() -> dict[str, str]:
@@ -127,7 +141,9 @@ def fit(
     spec = get_model(model)
     key = check_key(spec.name if key_added is None else key_added)
     if inference not in _INFERENCE:
-        raise ValueError(f"`inference`={inference!r} is not one of {', '.join(map(repr, _INFERENCE))}.")
+        raise ValueError(
+            f"`inference`={inference!r} is not one of {', '.join(map(repr, _INFERENCE))}."
+        )
     if guide not in GUIDE_KINDS or guide == "map":
         valid = [g for g in GUIDE_KINDS if g != "map"]
         raise ValueError(
@@ -141,8 +157,7 @@ def fit(
     n_posterior_samples = check_positive_int(n_posterior_samples, "n_posterior_samples", 2)
     seed = resolve_rng(rng)
     show = resolve_progress(progress_bar)
-    if not isinstance(copy, bool):
-        raise TypeError(f"`copy` must be True or False, got {copy!r}.")
+    copy = check_bool(copy, "copy")
     counts = counts_from(adata, layer)
 
     logger.info("fitting %s (%s) to %d cells × %d genes", spec.name, inference, *counts.shape)
@@ -163,18 +178,21 @@ def fit(
     except DivergenceError as e:
         raise RuntimeError(str(e)) from None
     if not result.converged:
-        logger.warning(
-            "%s fit did not converge in %d steps; increase `n_steps` (results are written "
-            "but `adata.uns[%r]['converged']` is False).",
-            spec.name,
-            n_steps,
-            key,
+        # a warning (not only a log record) so that users see it in notebooks and scripts
+        warnings.warn(
+            f"the {spec.name} fit did not converge in {n_steps} steps; increase `n_steps` "
+            f"(results are written, with `adata.uns[{key!r}]['converged']` = False).",
+            UserWarning,
+            stacklevel=_user_stacklevel(),
         )
 
     target = adata.copy() if copy else adata
     for stat in STATS:
         target.varm[_keys.gene_key(key, stat)] = pd.DataFrame(
-            {name: np.asarray(result.gene_summaries[name][stat], dtype=np.float64) for name in spec.gene_outputs},
+            {
+                name: np.asarray(result.gene_summaries[name][stat], dtype=np.float64)
+                for name in spec.gene_outputs
+            },
             index=target.var_names.copy(),
         )
     target.uns[_keys.uns_key(key)] = {
@@ -189,7 +207,10 @@ def fit(
             "learning_rate": learning_rate,
             "tol": tol,
             "n_posterior_samples": n_posterior_samples,
-            "priors": {k: {"family": f, "hyper": np.asarray(h, dtype=float)} for k, (f, h) in parsed_priors.items()},
+            "priors": {
+                k: {"family": f, "hyper": np.asarray(h, dtype=float)}
+                for k, (f, h) in parsed_priors.items()
+            },
             "versions": _versions(),
         },
         "global": {name: dict(s) for name, s in result.global_summaries.items()},
@@ -204,38 +225,53 @@ def fit(
     return target if copy else None
 
 
-def _fit_doc(name: str) -> str:
-    return (fit.__doc__ or "").replace(
+def _model_fit(name: str):
+    """``tl.fit`` with ``model`` fixed to ``name``: same keyword-only signature otherwise."""
+
+    def fit_model(
+        adata: AnnData,
+        *,
+        layer: str | None = None,
+        key_added: str = name,
+        rng: int | np.random.Generator = 0,
+        inference: str = "svi",
+        guide: str = "hierarchical",
+        priors: Mapping[str, Any] | None = None,
+        n_steps: int = 20_000,
+        learning_rate: float = 0.05,
+        tol: float = 1e-6,
+        n_posterior_samples: int = 1000,
+        progress_bar: bool | None = None,
+        copy: bool = False,
+    ) -> AnnData | None:
+        return fit(
+            adata,
+            model=name,
+            layer=layer,
+            key_added=key_added,
+            rng=rng,
+            inference=inference,
+            guide=guide,
+            priors=priors,
+            n_steps=n_steps,
+            learning_rate=learning_rate,
+            tol=tol,
+            n_posterior_samples=n_posterior_samples,
+            progress_bar=progress_bar,
+            copy=copy,
+        )
+
+    fit_model.__name__ = fit_model.__qualname__ = f"fit_{name}"
+    fit_model.__module__ = __name__
+    doc = (fit.__doc__ or "").replace(
         "Fit a Bayesian negative-binomial-family model to raw counts.",
         f"Fit the ``{name}`` model to raw counts (same as ``fit(adata, model={name!r}, ...)``).",
     )
+    # the fixed model is not a parameter here
+    start = doc.index("    model\n")
+    fit_model.__doc__ = doc[:start] + doc[doc.index("    layer\n") :]
+    return fit_model
 
 
-def fit_nbdm(
-    adata: AnnData,
-    *,
-    layer: str | None = None,
-    key_added: str = "nbdm",
-    rng: int | np.random.Generator = 0,
-    progress_bar: bool | None = None,
-    copy: bool = False,
-    **kwargs,
-) -> AnnData | None:
-    return fit(adata, model="nbdm", layer=layer, key_added=key_added, rng=rng, progress_bar=progress_bar, copy=copy, **kwargs)
-
-
-def fit_zinb(
-    adata: AnnData,
-    *,
-    layer: str | None = None,
-    key_added: str = "zinb",
-    rng: int | np.random.Generator = 0,
-    progress_bar: bool | None = None,
-    copy: bool = False,
-    **kwargs,
-) -> AnnData | None:
-    return fit(adata, model="zinb", layer=layer, key_added=key_added, rng=rng, progress_bar=progress_bar, copy=copy, **kwargs)
-
-
-fit_nbdm.__doc__ = _fit_doc("nbdm")
-fit_zinb.__doc__ = _fit_doc("zinb")
+fit_nbdm = _model_fit("nbdm")
+fit_zinb = _model_fit("zinb")

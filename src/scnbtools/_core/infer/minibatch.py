@@ -1,15 +1,17 @@
 """Generic minibatch training loop on optax (no model names here).
 
-* A model supplies ``loss_fn(params, state, batch, mask, key, train) -> (loss, (state,
-  metrics))``: ``batch`` is the model's per-cell data pytree indexed by a batch of cells,
-  ``mask`` ``[batch]`` is 1 for real cells and 0 for padding (only validation batches are
-  padded), ``state`` is non-trainable state (e.g. batch-norm statistics) and ``metrics`` a
-  dict of mask-weighted scalar means.
+* A model supplies ``loss_fn(params, state, batch, mask, key, train, hyper) -> (loss,
+  (state, metrics))``: ``batch`` is the model's per-cell data pytree indexed by a batch of
+  cells, ``mask`` ``[batch]`` is 1 for real cells and 0 for padding (only validation batches
+  are padded), ``state`` is non-trainable state (e.g. batch-norm statistics), ``hyper`` a
+  pytree of traced hyperparameters (e.g. penalty weights, so changing them does not
+  recompile) and ``metrics`` a dict of mask-weighted scalar means.
 * One epoch — shuffle, then every full batch of the training cells (the last partial batch
   is dropped) — is one jitted ``lax.scan``; validation is another jitted scan over padded
   batches in evaluation mode. The host sees only per-epoch numbers, so the progress bar
   (updated between epochs) costs nothing, and nothing recompiles after the first epoch
-  (``n_compilations`` counts traces).
+  (``n_compilations`` counts traces). The compiled epoch and evaluator are cached per
+  ``(loss_fn, n_cells, batch_size)``, so a second fit of the same shapes compiles nothing.
 * Learning rate: start high, decay geometrically per epoch to a floor
   (``max(lr0 * decay^epoch, floor)``), times a reduce-on-plateau factor: when the monitored
   loss (validation if there is a validation split, else training) has not improved by a
@@ -22,6 +24,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 
 from .._progress import progress
 
@@ -51,7 +55,9 @@ class ScheduleConfig:
     min_epochs: int = 1
 
     def base_lr(self, epoch: int) -> float:
-        return max(self.learning_rate * self.lr_decay**epoch, min(self.lr_floor, self.learning_rate))
+        return max(
+            self.learning_rate * self.lr_decay**epoch, min(self.lr_floor, self.learning_rate)
+        )
 
 
 @dataclass
@@ -82,27 +88,86 @@ def _padded_index(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     return idx.reshape(nb, batch_size), mask.reshape(nb, batch_size)
 
 
-def make_evaluator(loss_fn: Callable, n_cells: int, batch_size: int):
-    """Jitted ``evaluate(params, state, data) -> (loss, metrics)`` over all ``n_cells`` cells
-    in evaluation mode (padded batches, mask-weighted means). ``traces`` counts compilations."""
-    idx, mask = _padded_index(n_cells, batch_size)
-    idx, mask = jnp.asarray(idx), jnp.asarray(mask)
-    traces = [0]
+_TRACES = [0]
 
-    def _eval(params, state, data):
-        traces[0] += 1
+
+def _spec(params) -> tuple:
+    """Hashable structure of a parameter pytree (tree structure, shapes and dtypes)."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    return treedef, tuple((tuple(np.shape(a)), str(jnp.result_type(a))) for a in leaves)
+
+
+def _unravel_fn(spec: tuple):
+    treedef, shapes = spec
+    template = jax.tree_util.tree_unflatten(treedef, [np.zeros(s, d) for s, d in shapes])
+    return ravel_pytree(template)[1]
+
+
+@functools.lru_cache(maxsize=32)
+def make_evaluator(loss_fn: Callable, n_cells: int, batch_size: int, spec: tuple):
+    """Jitted ``evaluate(flat_params, state, data, hyper) -> (loss, metrics)`` over all
+    ``n_cells`` cells in evaluation mode (padded batches, mask-weighted means)."""
+    idx, mask = _padded_index(n_cells, batch_size)
+    unravel = _unravel_fn(spec)
+
+    def _eval(flat, state, data, hyper):
+        _TRACES[0] += 1
+        params = unravel(flat)
 
         def body(carry, im):
             i, m = im
-            loss, (_, metrics) = loss_fn(params, state, take(data, i), m, None, False)
+            loss, (_, metrics) = loss_fn(params, state, take(data, i), m, None, False, hyper)
             w = m.sum()
             return carry, (loss * w, jax.tree_util.tree_map(lambda v: v * w, metrics), w)
 
-        _, (losses, metrics, ws) = jax.lax.scan(body, None, (idx, mask))
+        _, (losses, metrics, ws) = jax.lax.scan(body, None, (jnp.asarray(idx), jnp.asarray(mask)))
         tot = ws.sum()
         return losses.sum() / tot, jax.tree_util.tree_map(lambda v: v.sum() / tot, metrics)
 
-    return jax.jit(_eval), traces
+    return jax.jit(_eval)
+
+
+def _optimizer(learning_rate: float):
+    return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+
+
+@functools.lru_cache(maxsize=32)
+def make_epoch(loss_fn: Callable, n_train: int, batch_size: int, spec: tuple):
+    """Jitted ``epoch(flat_params, state, opt_state, key, data, hyper)``: one shuffled pass
+    over the full batches of ``n_train`` cells, Adam steps in a ``lax.scan``.
+
+    Adam works on the parameters raveled into one vector: the same updates as per leaf, but
+    one fused update instead of one per leaf, which roughly halves the compile time of a
+    network with a few dozen parameter arrays."""
+    n_steps = n_train // batch_size
+    opt = _optimizer(0.0)  # the learning rate is read from ``opt_state``
+    unravel = _unravel_fn(spec)
+
+    def _epoch(params, state, opt_state, key, data, hyper):
+        _TRACES[0] += 1
+        k_perm, k_steps = jax.random.split(key)
+        perm = jax.random.permutation(k_perm, n_train)[: n_steps * batch_size]
+        perm = perm.reshape(n_steps, batch_size)
+        step_keys = jax.random.split(k_steps, n_steps)
+        ones = jnp.ones((batch_size,), jnp.float32)
+
+        def body(carry, xs):
+            p, s, o = carry
+            idx, k = xs
+
+            def objective(pp):
+                return loss_fn(unravel(pp), s, take(data, idx), ones, k, True, hyper)
+
+            (loss, (s_new, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(p)
+            updates, o_new = opt.update(grads, o, p)
+            return (optax.apply_updates(p, updates), s_new, o_new), (loss, metrics)
+
+        (params, state, opt_state), (losses, metrics) = jax.lax.scan(
+            body, (params, state, opt_state), (perm, step_keys)
+        )
+        return params, state, opt_state, losses.mean(), jax.tree_util.tree_map(jnp.mean, metrics)
+
+    return jax.jit(_epoch)
 
 
 def run_minibatch(
@@ -112,6 +177,7 @@ def run_minibatch(
     train_data: Any,
     val_data: Any | None,
     *,
+    hyper: Any = None,
     rng_key,
     batch_size: int,
     max_epochs: int,
@@ -124,12 +190,15 @@ def run_minibatch(
     Parameters
     ----------
     loss_fn
-        ``loss_fn(params, state, batch, mask, key, train)`` as described in the module doc.
+        ``loss_fn(params, state, batch, mask, key, train, hyper)`` as described in the
+        module doc; keep the same function object across fits to reuse compiled code.
     params, state
         Initial trainable parameters and non-trainable state (pytrees of arrays).
     train_data, val_data
         Pytrees of arrays whose leading axis is cells; ``val_data=None`` monitors the
         training loss instead.
+    hyper
+        Traced hyperparameters passed to every ``loss_fn`` call.
     batch_size
         Cells per step; must not exceed the number of training cells.
     max_epochs
@@ -139,44 +208,21 @@ def run_minibatch(
     t0 = time.perf_counter()
     n_train = int(jax.tree_util.tree_leaves(train_data)[0].shape[0])
     if not 1 <= batch_size <= n_train:
-        raise ValueError(f"`batch_size` must be in [1, {n_train}] (training cells), got {batch_size}.")
-    n_steps = n_train // batch_size
-    opt = optax.inject_hyperparams(optax.adam)(learning_rate=sched.learning_rate)
-    opt_state = opt.init(params)
-    traces = [0]
-    ones = jnp.ones((batch_size,), jnp.float32)
-
-    def _epoch(params, state, opt_state, key, data):
-        traces[0] += 1
-        k_perm, k_steps = jax.random.split(key)
-        perm = jax.random.permutation(k_perm, n_train)[: n_steps * batch_size]
-        perm = perm.reshape(n_steps, batch_size)
-        step_keys = jax.random.split(k_steps, n_steps)
-
-        def body(carry, xs):
-            p, s, o = carry
-            idx, k = xs
-
-            def objective(pp):
-                return loss_fn(pp, s, take(data, idx), ones, k, True)
-
-            (loss, (s_new, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(p)
-            updates, o_new = opt.update(grads, o, p)
-            return (optax.apply_updates(p, updates), s_new, o_new), (loss, metrics)
-
-        (params, state, opt_state), (losses, metrics) = jax.lax.scan(
-            body, (params, state, opt_state), (perm, step_keys)
+        raise ValueError(
+            f"`batch_size` must be in [1, {n_train}] (training cells), got {batch_size}."
         )
-        return params, state, opt_state, losses.mean(), jax.tree_util.tree_map(jnp.mean, metrics)
-
-    run_epoch = jax.jit(_epoch)
-    evaluate, eval_traces = (None, [0])
+    spec = _spec(params)
+    params, unravel = ravel_pytree(params)
+    opt_state = _optimizer(sched.learning_rate).init(params)
+    traces0 = _TRACES[0]
+    run_epoch = make_epoch(loss_fn, n_train, batch_size, spec)
+    evaluate = None
     if val_data is not None:
         n_val = int(jax.tree_util.tree_leaves(val_data)[0].shape[0])
-        evaluate, eval_traces = make_evaluator(loss_fn, n_val, min(batch_size, n_val))
+        evaluate = make_evaluator(loss_fn, n_val, min(batch_size, n_val), spec)
 
     hist: dict[str, list[float]] = {"loss": [], "learning_rate": []}
-    best, best_epoch, since_best, since_plateau, factor = np.inf, -1, 0, 0, 1.0
+    best, ref, best_epoch, since_best, since_plateau, factor = np.inf, np.inf, -1, 0, 0, 1.0
     best_params, best_state = params, state
     diverged = stopped = False
     key = rng_key
@@ -187,11 +233,13 @@ def run_minibatch(
                 lr, dtype=jnp.asarray(opt_state.hyperparams["learning_rate"]).dtype
             )
             key, k = jax.random.split(key)
-            params, state, opt_state, loss, metrics = run_epoch(params, state, opt_state, k, train_data)
+            params, state, opt_state, loss, metrics = run_epoch(
+                params, state, opt_state, k, train_data, hyper
+            )
             rec = {"loss": float(loss), "learning_rate": lr}
             rec.update({f"train_{m}": float(v) for m, v in metrics.items()})
             if evaluate is not None:
-                vloss, vmetrics = evaluate(params, state, val_data)
+                vloss, vmetrics = evaluate(params, state, val_data, hyper)
                 rec["val_loss"] = float(vloss)
                 rec.update({f"val_{m}": float(v) for m, v in vmetrics.items()})
             for name, value in rec.items():
@@ -207,13 +255,14 @@ def run_minibatch(
                 lr=f"{lr:.2g}",
                 refresh=False,
             )
-            if monitored < best - sched.tol * abs(best) or not np.isfinite(best):
-                best, best_epoch, since_best, since_plateau = monitored, epoch, 0, 0
-                best_params, best_state = params, state
-                continue
-            if monitored < best:  # improved, but by less than `tol`: keep the better weights
+            if monitored < best:
                 best, best_epoch = monitored, epoch
                 best_params, best_state = params, state
+            # patience counts epochs since the last improvement by a relative `tol` over the
+            # value at the previous such improvement (so a slow steady descent is progress)
+            if monitored < ref - sched.tol * abs(ref) or not np.isfinite(ref):
+                ref, since_best, since_plateau = monitored, 0, 0
+                continue
             since_best += 1
             since_plateau += 1
             if since_plateau >= sched.plateau_patience:
@@ -224,13 +273,13 @@ def run_minibatch(
                 break
 
     return MinibatchResult(
-        params=best_params,
+        params=unravel(best_params),
         state=best_state,
         history={k: np.asarray(v, dtype=np.float64) for k, v in hist.items()},
         best_epoch=best_epoch,
         n_epochs=len(hist["loss"]),
         stopped_early=stopped,
         diverged=diverged,
-        n_compilations=traces[0] + eval_traces[0],
+        n_compilations=_TRACES[0] - traces0,
         runtime_s=time.perf_counter() - t0,
     )

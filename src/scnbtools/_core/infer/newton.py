@@ -2,9 +2,9 @@
 
 The driver knows nothing about models: it minimises ``f(theta_b; data_b, shared)`` for
 every problem ``b`` (e.g. every gene) at once, given a per-problem function
-``fgh(theta, data, shared) -> (f, grad, hess)``. ``fgh`` is :func:`jax.vmap`-ed over
-the leading axis of ``theta`` and ``data``; ``shared`` (design matrices, ...) is the
-same for all problems.
+``fgh(theta, data, shared) -> (terms, grad, hess)`` with ``f = terms.sum()``. ``fgh``
+is :func:`jax.vmap`-ed over the leading axis of ``theta`` and ``data``; ``shared``
+(design matrices, ...) is the same for all problems.
 
 Each iteration, for every still-running problem:
 
@@ -15,12 +15,16 @@ Each iteration, for every still-running problem:
    ``g' H_mod^-1 g`` is the predicted improvement; a problem has **converged** when
    half of it is below ``tol`` (in objective units: for a log-likelihood this puts the
    iterate within ``sqrt(2 tol)`` standard errors of the optimum).
-2. Take the step, capped elementwise at ``max_step``, times the problem's current step
-   length ``alpha``, evaluate ``fgh`` there and accept it when it is finite and
-   satisfies the Armijo condition (with a slack of a few ulps of ``|f|``, so float32
-   round-off cannot stall a converged problem); otherwise halve ``alpha`` and retry in
-   the next iteration (backtracking spread over iterations, so one iteration is always
-   exactly one batched evaluation).
+2. Take the step, capped coordinate-wise at ``max_step``, times the problem's current
+   step length ``alpha``, evaluate ``fgh`` there and accept it when it is finite and
+   satisfies the Armijo condition; otherwise halve ``alpha`` and retry in the next
+   iteration (backtracking spread over iterations, so one iteration is always exactly
+   one batched evaluation). The change of ``f`` is summed term by term
+   (``sum(terms_new - terms_old)``), so it stays accurate in float32 even when ``|f|``
+   is ~1e5 and the change ~1e-3, and the Armijo test allows for its random round-off.
+3. Round-off floor: a problem whose long trial steps (step length >= 1/8) keep changing
+   ``f`` by less than that round-off (``stall_steps`` times, accepted or not) has
+   converged as far as the dtype allows.
 
 A problem stops when it converges, when the line search fails (``alpha`` below
 ``min_alpha``) or after ``max_iter`` evaluations; rejected trials never change the
@@ -76,8 +80,11 @@ def _direction(g, H, max_step, rel_floor):
     gv = V.T @ gs
     step = -d * (V @ (gv / e_mod))
     dec = jnp.sum(gv * gv / e_mod)
-    scale = jnp.max(jnp.abs(step) / max_step)
-    step = step / jnp.maximum(scale, 1.0)
+    # Cap each coordinate separately (a flat, noisy direction must not shrink the steps
+    # of well-determined ones); fall back to uniform scaling if that is not a descent.
+    clipped = jnp.clip(step, -max_step, max_step)
+    uniform = step / jnp.maximum(jnp.max(jnp.abs(step) / max_step), 1.0)
+    step = jnp.where(jnp.dot(clipped, g) < 0, clipped, uniform)
     return step, dec
 
 
@@ -85,63 +92,81 @@ def _all_finite(*xs):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]))
 
 
-@partial(
-    jax.jit,
-    static_argnames=("fgh", "max_iter", "tol", "armijo", "min_alpha", "rel_floor", "slack_ulps"),
-)
-def _solve(fgh, theta0, data, shared, max_step, *, max_iter, tol, armijo, min_alpha, rel_floor, slack_ulps):
+@partial(jax.jit, static_argnames=("fgh",))
+def _solve(fgh, theta0, data, shared, max_step, opts):
+    # numeric options are traced (changing them never recompiles); only ``fgh`` is static
+    max_iter, tol, armijo = opts["max_iter"], opts["tol"], opts["armijo"]
+    min_alpha, rel_floor, slack = opts["min_alpha"], opts["rel_floor"], opts["slack"]
+    stall_steps = opts["stall_steps"]
     vfgh = jax.vmap(fgh, in_axes=(0, 0, None))
     vdir = jax.vmap(_direction, in_axes=(0, 0, None, None))
-    eps = jnp.finfo(theta0.dtype).eps
-
-    f0, g0, H0 = vfgh(theta0, data, shared)
-    ok0 = jax.vmap(_all_finite)(f0, g0, H0)
-    status0 = jnp.where(ok0, _RUNNING, _NONFINITE).astype(jnp.int32)
-    B = theta0.shape[0]
+    dt = theta0.dtype
+    eps = jnp.finfo(dt).eps
+    B, P = theta0.shape
+    n_terms = jax.eval_shape(vfgh, theta0, data, shared)[0].shape[1]
+    # The first iteration evaluates the start (``fresh``), and each iteration computes the
+    # next direction at its trial point, so ``fgh`` and the eigendecomposition each appear
+    # once in the compiled graph.
     state0 = (
         jnp.int32(0),
         theta0,
-        f0,
-        g0,
-        H0,
-        jnp.ones(B, theta0.dtype),
+        jnp.zeros((B, n_terms), dt),
+        jnp.zeros((B, P), dt),
+        jnp.broadcast_to(jnp.eye(P, dtype=dt), (B, P, P)),
+        jnp.zeros((B, P), dt),
+        jnp.full(B, jnp.inf, dt),
+        jnp.ones(B, dt),
         jnp.zeros(B, jnp.int32),
-        status0,
+        jnp.full(B, _RUNNING, jnp.int32),
+        jnp.ones(B, bool),
+        jnp.zeros(B, jnp.int32),
     )
 
     def cond(state):
-        it, *_, status = state
+        it, *_, status, _fresh, _stall = state
         return (it < max_iter) & jnp.any(status == _RUNNING)
 
     def body(state):
-        it, theta, f, g, H, alpha, n_acc, status = state
-        step, dec = vdir(g, H, max_step, rel_floor)
-        status = jnp.where((status == _RUNNING) & (0.5 * dec <= tol), _CONVERGED, status)
+        it, theta, terms, g, H, step, dec, alpha, n_acc, status, fresh, stall = state
+        done = ~fresh & ((0.5 * dec <= tol) | (stall >= stall_steps))
+        status = jnp.where((status == _RUNNING) & done, _CONVERGED, status)
         running = status == _RUNNING
         trial = theta + alpha[:, None] * step
-        f1, g1, H1 = vfgh(trial, data, shared)
-        finite = jax.vmap(_all_finite)(f1, g1, H1)
-        slope = jnp.sum(g * step, axis=1)  # = -decrement-like, negative
-        slack = slack_ulps * eps * jnp.abs(f)
-        ok = finite & (f1 <= f + armijo * alpha * slope + slack)
+        terms1, g1, H1 = vfgh(trial, data, shared)
+        finite = jax.vmap(_all_finite)(terms1, g1, H1)
+        # f(trial) - f(theta) summed term by term: accurate even when |f| is huge
+        change = jnp.sum(terms1 - terms, axis=1)
+        noise = slack * eps * jnp.sqrt(jnp.sum(terms * terms, axis=1))
+        slope = jnp.sum(g * step, axis=1)  # <= 0: a descent direction
+        ok = finite & (fresh | (change <= armijo * alpha * slope + noise))
         accept = running & ok
+        # Long trial steps (accepted or not) that change f by no more than its round-off:
+        # the noise floor is reached. An accepted step with a real gain resets the count.
+        flat = running & ~fresh & finite & (alpha >= 0.125) & (jnp.abs(change) <= noise)
+        stall = jnp.where(flat, stall + 1, jnp.where(accept & (-change > noise), 0, stall))
         theta = jnp.where(accept[:, None], trial, theta)
-        f = jnp.where(accept, f1, f)
+        terms = jnp.where(accept[:, None], terms1, terms)
         g = jnp.where(accept[:, None], g1, g)
         H = jnp.where(accept[:, None, None], H1, H)
-        n_acc = n_acc + accept.astype(jnp.int32)
+        step1, dec1 = vdir(g1, H1, max_step, rel_floor)
+        step = jnp.where(accept[:, None], step1, step)
+        dec = jnp.where(accept, dec1, dec)
+        n_acc = n_acc + (accept & ~fresh).astype(jnp.int32)
         new_alpha = jnp.where(accept, 1.0, alpha * 0.5)
-        failed = running & ~ok & (new_alpha < min_alpha)
+        status = jnp.where(running & fresh & ~finite, _NONFINITE, status)
+        failed = running & ~fresh & ~ok & (new_alpha < min_alpha)
         status = jnp.where(failed, _LS_FAILED, status)
         alpha = jnp.where(running, new_alpha, alpha)
-        return (it + 1, theta, f, g, H, alpha, n_acc, status)
+        fresh = jnp.zeros_like(fresh)
+        return (it + 1, theta, terms, g, H, step, dec, alpha, n_acc, status, fresh, stall)
 
-    it, theta, f, g, H, _, n_acc, status = jax.lax.while_loop(cond, body, state0)
+    state = jax.lax.while_loop(cond, body, state0)
+    it, theta, terms, g, H, _, dec, _, n_acc, status, _, stall = state
     # problems that converged on their last accepted step
-    _, dec = vdir(g, H, max_step, rel_floor)
-    status = jnp.where((status == _RUNNING) & (0.5 * dec <= tol), _CONVERGED, status)
+    done = (0.5 * dec <= tol) | (stall >= stall_steps)
+    status = jnp.where((status == _RUNNING) & done, _CONVERGED, status)
     status = jnp.where(status == _RUNNING, _MAX_ITER, status)
-    return theta, f, g, H, n_acc, it, status
+    return theta, jnp.sum(terms, axis=1), g, H, n_acc, it, status
 
 
 def newton_minimize(
@@ -156,15 +181,18 @@ def newton_minimize(
     armijo: float = 1e-4,
     min_alpha: float = 1e-10,
     rel_floor: float | None = None,
-    slack_ulps: float = 16.0,
+    slack: float = 64.0,
+    stall_steps: int = 3,
 ) -> NewtonResult:
     """Minimise ``B`` independent problems at once by damped (modified) Newton steps.
 
     Parameters
     ----------
     fgh
-        ``fgh(theta, data, shared) -> (value, grad, hess)`` for **one** problem
-        (``theta`` of shape ``[P]``); it is vmapped over problems. Must be a stable
+        ``fgh(theta, data, shared) -> (terms, grad, hess)`` for **one** problem
+        (``theta`` of shape ``[P]``): the objective is ``terms.sum()`` (e.g. one term per
+        cell), returned term by term so that the line search can compare two iterates
+        term by term. It is vmapped over problems. Must be a stable
         (hashable, module-level or cached) function: it is a static argument of the
         jitted solver, so a new closure per call recompiles.
     theta0
@@ -187,8 +215,14 @@ def newton_minimize(
     rel_floor
         Eigenvalue floor of the Jacobi-scaled Hessian relative to its largest
         eigenvalue (default ``eps ** 0.75`` of the dtype).
-    slack_ulps
-        Accept trial values up to this many ulps of ``|f|`` above the Armijo bound.
+    slack
+        Round-off allowance of the line search: a trial may exceed the Armijo bound by
+        ``slack * eps * ||terms||_2`` (the random round-off of the term-wise change).
+    stall_steps
+        A problem has also converged after this many trial steps of length >= 1/8
+        whose change of ``f`` was within that allowance (the round-off floor: this stops
+        float32 fits whose gradient noise exceeds ``tol``, and estimates running off to
+        a boundary such as an infinite NB size).
 
     Returns
     -------
@@ -200,19 +234,17 @@ def newton_minimize(
     if rel_floor is None:
         rel_floor = float(np.finfo(theta0.dtype).eps ** 0.75)
     max_step = jnp.broadcast_to(jnp.asarray(max_step, theta0.dtype), theta0.shape[1:])
-    theta, f, g, H, n_acc, it, status = _solve(
-        fgh,
-        theta0,
-        data,
-        shared,
-        max_step,
-        max_iter=int(max_iter),
-        tol=float(tol),
-        armijo=float(armijo),
-        min_alpha=float(min_alpha),
-        rel_floor=float(rel_floor),
-        slack_ulps=float(slack_ulps),
-    )
+    dt = theta0.dtype
+    opts = {
+        "max_iter": jnp.asarray(int(max_iter), jnp.int32),
+        "tol": jnp.asarray(tol, dt),
+        "armijo": jnp.asarray(armijo, dt),
+        "min_alpha": jnp.asarray(min_alpha, dt),
+        "rel_floor": jnp.asarray(rel_floor, dt),
+        "slack": jnp.asarray(slack, dt),
+        "stall_steps": jnp.asarray(int(stall_steps), jnp.int32),
+    }
+    theta, f, g, H, n_acc, it, status = _solve(fgh, theta0, data, shared, max_step, opts)
     return NewtonResult(
         theta=np.asarray(theta),
         value=np.asarray(f),

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from numpyro import handlers
-from numpyro.distributions import biject_to
+from numpyro.distributions import biject_to, constraints
 from numpyro.infer import Trace_ELBO
 from numpyro.infer.util import transform_fn
 
@@ -52,16 +52,27 @@ class SVIResult:
 
 
 def init_params(guide: Callable, rng_key, **kwargs):
-    """Unconstrained initial values of the guide's ``numpyro.param`` sites and their transforms."""
-    tr = handlers.trace(handlers.seed(guide, rng_key)).get_trace(**kwargs)
-    unconstrained, transforms = {}, {}
-    for name, site in tr.items():
-        if site["type"] != "param":
-            continue
-        constraint = site["kwargs"].get("constraint")
-        t = biject_to(constraint) if constraint is not None else biject_to(None)
-        transforms[name] = t
-        unconstrained[name] = t.inv(site["value"])
+    """Unconstrained initial values of the guide's ``numpyro.param`` sites and their transforms.
+
+    The guide is traced once inside ``jax.jit`` (an eager trace dispatches, and on a first
+    call compiles, every operation separately); the transforms are captured while tracing.
+    """
+    transforms: dict = {}
+
+    def _trace(key, kw):
+        tr = handlers.trace(handlers.seed(guide, key)).get_trace(**kw)
+        out = {}
+        for name, site in tr.items():
+            if site["type"] != "param":
+                continue
+            constraint = site["kwargs"].get("constraint")
+            # a param declared without a constraint is real-valued (biject_to(None) raises)
+            t = biject_to(constraint if constraint is not None else constraints.real)
+            transforms[name] = t
+            out[name] = t.inv(site["value"])
+        return out
+
+    unconstrained = jax.jit(_trace)(rng_key, kwargs)
     return unconstrained, transforms
 
 
@@ -84,10 +95,18 @@ def run_svi(
     batch_source: Any = None,
     progress_bar: bool = False,
     desc: str = "SVI",
+    cache: dict | None = None,
 ) -> SVIResult:
     """Maximise the ELBO of ``model`` under ``guide``.
 
     ``model`` and ``guide`` take keyword arguments ``data`` and ``batch``.
+
+    ``cache``: a dict owned by the caller for one (model, guide, batch_fn) configuration.
+    The jitted chunk runner is stored there and reused by later calls with the same
+    configuration, so refitting (another seed, learning rate or data set of the same
+    padded shapes) does not compile again. The caller guarantees that the cached
+    model / guide / batch_fn are equivalent to the ones passed (guide parameter *values*
+    may differ: they are substituted at every step).
     """
     if n_steps < 1:
         raise ValueError(f"`n_steps` must be >= 1, got {n_steps}.")
@@ -131,7 +150,12 @@ def run_svi(
         (u, opt_state, key), losses = jax.lax.scan(body, (u, opt_state, key), jnp.arange(chunk))
         return u, opt_state, key, losses
 
-    run_chunk = jax.jit(_chunk)
+    if cache is not None and cache.get("chunk") == chunk and "run_chunk" in cache:
+        run_chunk = cache["run_chunk"]
+    else:
+        run_chunk = jax.jit(_chunk)
+        if cache is not None:
+            cache.update(chunk=chunk, run_chunk=run_chunk)
 
     u, key = u0, run_key
     losses: list[np.ndarray] = []
@@ -141,7 +165,9 @@ def run_svi(
     with progress(total=n_steps, enabled=progress_bar, desc=desc) as bar:
         while done < n_steps:
             n_active = min(chunk, n_steps - done)
-            u, opt_state, key, chunk_losses = run_chunk(u, opt_state, key, n_active, data, batch_source)
+            u, opt_state, key, chunk_losses = run_chunk(
+                u, opt_state, key, n_active, data, batch_source
+            )
             cl = np.asarray(chunk_losses)[:n_active]
             losses.append(cl)
             lrs.append(np.full(n_active, lr, dtype=np.float32))

@@ -63,7 +63,7 @@ GLM_STATUS: tuple[str, ...] = (*STATUS, "all_zero")
 _ALL_ZERO = len(STATUS)
 
 # --------------------------------------------------------------------------- special functions
-_SHIFT = 6  # recurrence steps before the asymptotic series (argument >= 6)
+_SHIFT = 8  # recurrence steps before the asymptotic series (argument >= 8)
 
 
 def _shifted(r):
@@ -73,7 +73,7 @@ def _shifted(r):
 def log_rising(v, r):
     """``lgamma(v + r) - lgamma(r)`` for ``v >= 0``, accurate for every ``r > 0``.
 
-    Six recurrence steps then Stirling's series written as differences, so nothing
+    Eight recurrence steps then Stirling's series written as differences, so nothing
     cancels catastrophically when ``r`` is huge (float32 included).
     """
     x, rs = _shifted(r)
@@ -84,7 +84,7 @@ def log_rising(v, r):
     def phi(z):
         iz = 1.0 / z
         iz2 = iz * iz
-        return iz * (1.0 / 12.0 - iz2 * (1.0 / 360.0 - iz2 / 1260.0))
+        return iz * (1.0 / 12.0 - iz2 * (1.0 / 360.0 - iz2 * (1.0 / 1260.0 - iz2 / 1680.0)))
 
     stir = (x - 0.5) * lx + v * jnp.log(y) - v + (phi(y) - phi(x))
     rec = sum(jnp.log1p(v / rj) for rj in rs)
@@ -103,6 +103,7 @@ def digamma_diff(v, r):
         + (ix2 - iy2) / 12.0
         - (ix2 * ix2 - iy2 * iy2) / 120.0
         + (ix2 * ix2 * ix2 - iy2 * iy2 * iy2) / 252.0
+        - (ix2 * ix2 * ix2 * ix2 - iy2 * iy2 * iy2 * iy2) / 240.0
     )
     rec = sum(v / (rj * (rj + v)) for rj in rs)
     return asym + rec
@@ -116,7 +117,8 @@ def trigamma_diff(v, r):
 
     def tail(iz):
         iz2 = iz * iz
-        return iz2 * (0.5 + iz * (1.0 / 6.0 - iz2 * (1.0 / 30.0 - iz2 * (1.0 / 42.0 - iz2 / 30.0))))
+        inner = 1.0 / 42.0 - iz2 * (1.0 / 30.0 - iz2 * 5.0 / 66.0)
+        return iz2 * (0.5 + iz * (1.0 / 6.0 - iz2 * (1.0 / 30.0 - iz2 * inner)))
 
     asym = -v * ix * iy + (tail(iy) - tail(ix))
     rec = sum(1.0 / (rj * rj) - 1.0 / ((rj + v) * (rj + v)) for rj in rs)
@@ -173,7 +175,7 @@ def _zero_inflated(base_dense, n_base):
         one_m_w = 1.0 - w
         ww = w * one_m_w
         val = jnp.where(pos, b, lz)
-        d = tuple(jnp.where(pos, dk, w * dk) for dk in d0) + (jnp.where(pos, -pi, 1.0 - pi - w),)
+        d = (*tuple(jnp.where(pos, dk, w * dk) for dk in d0), jnp.where(pos, -pi, 1.0 - pi - w))
         h = {}
         for (k, j), hk in h0.items():
             h[(k, j)] = jnp.where(pos, hk, w * hk + ww * d0[k] * d0[j])
@@ -262,7 +264,15 @@ FAMILIES: dict[str, GLMFamily] = {
             _nb_count,
             _zinb_ref,
         ),
-        GLMFamily("poisson", "Poisson: log mean", ("mean",), ("log",), _poisson_dense, _poisson_count, _pois_ref),
+        GLMFamily(
+            "poisson",
+            "Poisson: log mean",
+            ("mean",),
+            ("log",),
+            _poisson_dense,
+            _poisson_count,
+            _pois_ref,
+        ),
         GLMFamily(
             "zip",
             "zero-inflated Poisson: log mean, logit zero inflation",
@@ -292,8 +302,12 @@ def _pair_index(K: int) -> list[tuple[int, int]]:
     return [(k, j) for k in range(K) for j in range(k, K)]
 
 
+_TRACES = [0]  # how often the objective was traced (i.e. a solver compiled)
+
+
 def _glm_fgh(family: GLMFamily, theta, data, shared):
-    """Negative log-likelihood (+ ridge) of one gene, its gradient and Hessian."""
+    """Negative log-likelihood (+ ridge) of one gene term by term, its gradient and Hessian."""
+    _TRACES[0] += 1  # Python side effect: runs at trace time only
     X = shared["X"]
     K = len(X)
     sizes = [x.shape[1] for x in X]
@@ -302,7 +316,6 @@ def _glm_fgh(family: GLMFamily, theta, data, shared):
     etas = [shared["off"][k] + X[k] @ th[k] for k in range(K)]
     y = data["y"]
     val, d, h = family.dense(y, *etas)
-    f = -jnp.sum(val)
     g = [-(X[k].T @ d[k]) for k in range(K)]
     Hb = {}
     for idx, (k, j) in enumerate(_pair_index(K)):
@@ -311,7 +324,6 @@ def _glm_fgh(family: GLMFamily, theta, data, shared):
     ci = family.count_index
     a, da, d2a = family.count(data["v"], None if ci is None else (shared["ZU"] @ th[ci])[data["u"]])
     w = data["w"]
-    f = f - jnp.sum(w * a)
     if ci is not None:
         U = shared["ZU"].shape[0]
         gU = jax.ops.segment_sum(w * da, data["u"], num_segments=U)
@@ -321,14 +333,16 @@ def _glm_fgh(family: GLMFamily, theta, data, shared):
 
     rows = []
     for k in range(K):
-        rows.append(jnp.concatenate([Hb[(k, j)] if j >= k else Hb[(j, k)].T for j in range(K)], axis=1))
+        rows.append(
+            jnp.concatenate([Hb[(k, j)] if j >= k else Hb[(j, k)].T for j in range(K)], axis=1)
+        )
     H = jnp.concatenate(rows, axis=0)
     gg = jnp.concatenate(g)
     lam = shared["ridge"]
-    f = f + 0.5 * jnp.sum(lam * theta * theta)
     gg = gg + lam * theta
     H = H + jnp.diag(lam)
-    return f, gg, H
+    terms = jnp.concatenate([-val, -(w * a), 0.5 * lam * theta * theta])
+    return terms, gg, H
 
 
 _FGH_CACHE: dict[str, Callable] = {}
@@ -377,42 +391,50 @@ def _start_values(y, sh, *, params):
             pbar = jnp.mean(p0)
             pi0 = jnp.clip((f0 - pbar) / jnp.maximum(1.0 - pbar, 1e-6), 0.02, 0.9)
             target = jnp.log(pi0) - jnp.log1p(-pi0)
-        coef = jnp.where(sh["has_c"][k], target * sh["c"][k], sh["pinv"][k] @ jnp.full(y.shape, target))
+        coef = jnp.where(
+            sh["has_c"][k], target * sh["c"][k], sh["pinv"][k] @ jnp.full(y.shape, target)
+        )
         out.append(coef)
     return jnp.concatenate(out)
 
 
 # --------------------------------------------------------------------------- count lists
-def _count_lists(Yt: np.ndarray, group: np.ndarray | None, n_groups: int):
-    """Per-gene ``(value, group, multiplicity)`` triplets of the non-zero counts, padded.
+def _count_triplets(Yt: np.ndarray, group: np.ndarray | None, n_groups: int):
+    """Per-gene ``(gene, group, value, multiplicity)`` of the non-zero counts, gene-major.
 
     ``Yt`` is a dense genes × cells block. ``group=None`` keeps one triplet per non-zero
-    cell (the group of a cell is the cell). Padding has multiplicity 0.
+    cell (the group of a cell is the cell); otherwise cells with the same dispersion-design
+    row are pooled, so ``dispersion="~ 1"`` gives each gene's count histogram.
     """
     Gb = Yt.shape[0]
     gi, ci = np.nonzero(Yt)
     vals = Yt[gi, ci].astype(np.int64)
     if group is None:
-        gene, grp, v, w = gi, ci, vals, np.ones(gi.shape[0], np.int64)
+        return gi, ci, vals, np.ones(gi.shape[0], np.int64)
+    V = int(vals.max(initial=0)) + 1
+    key = (gi.astype(np.int64) * n_groups + group[ci]) * V + vals
+    space = Gb * n_groups * V
+    if space <= max(4 * key.shape[0], 1 << 20):
+        cnt = np.bincount(key, minlength=space)
+        uk = np.flatnonzero(cnt)
+        w = cnt[uk]
     else:
-        V = int(vals.max(initial=0)) + 1
-        key = (gi.astype(np.int64) * n_groups + group[ci]) * V + vals
-        space = Gb * n_groups * V
-        if space <= max(4 * key.shape[0], 1 << 20):
-            cnt = np.bincount(key, minlength=space)
-            uk = np.flatnonzero(cnt)
-            w = cnt[uk]
-        else:
-            uk, w = np.unique(key, return_counts=True)
-        v = uk % V
-        rest = uk // V
-        grp = rest % n_groups
-        gene = rest // n_groups
-    per_gene = np.bincount(gene, minlength=Gb)
-    L = int(per_gene.max(initial=1))
+        uk, w = np.unique(key, return_counts=True)
+    rest = uk // V
+    return rest // n_groups, rest % n_groups, uk % V, w
+
+
+def _list_length(triplets, Gb: int, n_cells: int, per_cell: bool) -> int:
+    """Padded list length: the next power of two (>= 16) of the longest gene's list."""
+    L = int(np.bincount(triplets[0], minlength=Gb).max(initial=1))
     L = max(16, 1 << int(np.ceil(np.log2(max(L, 1)))))
-    if group is None:
-        L = min(L, Yt.shape[1])
+    return min(L, n_cells) if per_cell else L
+
+
+def _pad_triplets(triplets, Gb: int, L: int):
+    """``(value, group, multiplicity)`` arrays ``[Gb, L]``; padding has multiplicity 0."""
+    gene, grp, v, w = triplets
+    per_gene = np.bincount(gene, minlength=Gb)
     start = np.concatenate([[0], np.cumsum(per_gene)[:-1]])
     pos = np.arange(gene.shape[0]) - start[gene]
     V_ = np.ones((Gb, L))
@@ -436,7 +458,7 @@ class GLMFit:
     loglik: np.ndarray  # [G]
     n_iter: np.ndarray  # [G]
     status: np.ndarray  # [G] str
-    n_compilations: int
+    n_traces: int  # traces of the objective in this fit (2 per compiled solver, 0 if cached)
     runtime_s: float
     sizes: tuple[int, ...] = ()
 
@@ -511,6 +533,7 @@ def fit_glm_counts(
         Called with the number of genes finished after each block.
     """
     t0 = time.perf_counter()
+    traces0 = _TRACES[0]
     n, G = counts.shape
     K = family.n_params
     if len(designs) != K:
@@ -573,14 +596,24 @@ def fit_glm_counts(
         n_iter = np.zeros(G, np.int64)
         status = np.zeros(G, np.int64)
         zero = np.zeros(G, bool)
-        shapes = set()
+        # One padded list length for every block (so one compiled solver): a first pass
+        # finds the longest list; short lists are kept for the second pass.
+        L, kept, kept_size = 16, {}, 0
+        for a, _b, Yt in _gene_blocks(counts, block):
+            trip = _count_triplets(Yt, group, n_groups)
+            L = max(L, _list_length(trip, Yt.shape[0], n, group is None))
+            kept_size += trip[0].shape[0]
+            if kept_size <= 1 << 22:
+                kept[a] = trip
         for a, b, Yt in _gene_blocks(counts, block):
             nb = b - a
             zero[a:b] = Yt.sum(axis=1) == 0
+            trip = kept.pop(a) if a in kept else _count_triplets(Yt, group, n_groups)
             if nb < block:  # pad the last block with copies: one compiled shape
                 Yt = np.concatenate([Yt, np.repeat(Yt[-1:], block - nb, axis=0)])
-            V_, U_, W_ = _count_lists(Yt, group, n_groups)
-            shapes.add(V_.shape)
+            V_, U_, W_ = _pad_triplets(trip, block, L)
+            if nb < block:
+                V_[nb:], U_[nb:], W_[nb:] = V_[nb - 1], U_[nb - 1], W_[nb - 1]
             y = arr(Yt)
             theta0 = start_fn(y, sh_start)
             theta0 = jnp.where(jnp.isfinite(theta0), theta0, 0.0)
@@ -608,7 +641,7 @@ def fit_glm_counts(
         loglik=loglik,
         n_iter=n_iter,
         status=np.asarray(GLM_STATUS, dtype=object)[status].astype(str),
-        n_compilations=len(shapes),
+        n_traces=_TRACES[0] - traces0,
         runtime_s=time.perf_counter() - t0,
         sizes=sizes,
     )
@@ -654,7 +687,9 @@ def marginal_ppf(family: GLMFamily, u, params: dict[str, np.ndarray]) -> np.ndar
     return np.nan_to_num(q, nan=0.0, posinf=0.0)
 
 
-def sample_counts(family: GLMFamily, rng: np.random.Generator, params: dict[str, np.ndarray]) -> np.ndarray:
+def sample_counts(
+    family: GLMFamily, rng: np.random.Generator, params: dict[str, np.ndarray]
+) -> np.ndarray:
     """Independent draws from the fitted marginals (same shape as ``params['mean']``)."""
     mu = np.asarray(params["mean"], dtype=np.float64)
     if "dispersion" in params:

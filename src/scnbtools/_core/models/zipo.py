@@ -34,6 +34,7 @@ as-is in ``AnnData.uns``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +73,11 @@ BN_MOMENTUM = 0.1
 
 @dataclass(frozen=True)
 class ZipoConfig:
-    """Static architecture of a ZiPo network (hashable, so it can be a jit static argument)."""
+    """Static architecture of a ZiPo network (hashable, so it can be a jit static argument).
+
+    The penalty weights are not part of it: they enter the loss as traced values
+    (:func:`penalties`), so fits that differ only in them share compiled code.
+    """
 
     n_genes: int
     encoder_dims: tuple[int, ...] = (256, 64)
@@ -82,9 +87,6 @@ class ZipoConfig:
     library_dims: tuple[int, ...] = (16, 4)
     likelihood: str = "zip"
     library: str = "predicted"
-    alpha_z: float = 0.1
-    alpha_w: float = 0.1
-    alpha_theta: float = 0.0
 
     @property
     def zero_inflated(self) -> bool:
@@ -286,13 +288,22 @@ def sparsity_penalty(W):
     return jnp.mean(l1 / l2)
 
 
-def loss_fn(params, state, batch, mask, key, *, config: ZipoConfig, train: bool):
+def penalties(alpha_z: float = 0.1, alpha_w: float = 0.1, alpha_theta: float = 0.0) -> dict:
+    """The penalty weights as the traced ``hyper`` argument of :func:`loss_fn`."""
+    return {
+        "alpha_z": jnp.asarray(alpha_z, jnp.float32),
+        "alpha_w": jnp.asarray(alpha_w, jnp.float32),
+        "alpha_theta": jnp.asarray(alpha_theta, jnp.float32),
+    }
+
+
+def loss_fn(params, state, batch, mask, key, train: bool, hyper, *, config: ZipoConfig):
     """Penalised per-entry loss of a batch, in the minibatch driver's convention.
 
     ``batch`` holds ``cols``/``vals`` (padded sparse rows), ``cov`` and ``log_lib``;
-    ``mask`` ``[batch]`` weights the cells (0 for padding). Returns
-    ``(loss, (new_state, metrics))``; in training the new state is the exponential moving
-    average of batch-norm moments.
+    ``mask`` ``[batch]`` weights the cells (0 for padding); ``hyper`` holds the penalty
+    weights (:func:`penalties`). Returns ``(loss, (new_state, metrics))``; in training the
+    new state is the exponential moving average of batch-norm moments.
     """
     del key  # deterministic network
     c = config
@@ -307,11 +318,10 @@ def loss_fn(params, state, batch, mask, key, *, config: ZipoConfig, train: bool)
         gate = jax.nn.sigmoid(out["gate_logits"])
         mean_gate = jnp.sum(w * gate.mean(axis=1))
         metrics["mean_gate"] = mean_gate
-        loss = loss + c.alpha_z * jnp.sum(w * (gate * gate).mean(axis=1))
-    if c.alpha_w:
-        loss = loss + c.alpha_w * sparsity_penalty(params["enc_0"]["W"])
-    if c.negative_binomial and c.alpha_theta:
-        loss = loss + c.alpha_theta * jnp.mean(jnp.exp(-2.0 * params["disp"]["log_r"]))
+        loss = loss + hyper["alpha_z"] * jnp.sum(w * (gate * gate).mean(axis=1))
+    loss = loss + hyper["alpha_w"] * sparsity_penalty(params["enc_0"]["W"])
+    if c.negative_binomial:
+        loss = loss + hyper["alpha_theta"] * jnp.mean(jnp.exp(-2.0 * params["disp"]["log_r"]))
     if train:
         new_state = jax.tree_util.tree_map(
             lambda s, b: (1.0 - BN_MOMENTUM) * s + BN_MOMENTUM * b, state, stats
@@ -347,6 +357,9 @@ def population_stats(params, state, batches: Mapping[str, Any], *, config: ZipoC
     }
 
 
+_population_stats_jit = jax.jit(population_stats, static_argnames="config")
+
+
 # ----------------------------------------------------------------------------- pruning
 def normalized_first_layer(W: np.ndarray) -> np.ndarray:
     """``|W|`` divided, per first-layer neuron (column), by the neuron's largest ``|W|``."""
@@ -367,6 +380,11 @@ def prune_first_layer(W: np.ndarray, delta: float) -> tuple[np.ndarray, float]:
 
 
 # ----------------------------------------------------------------------------- data and fitting
+_WIDTH_STEP = 64
+#: cells per inference batch (fixed, so inference compiles once per network)
+INFER_BATCH = 256
+
+
 def cell_arrays(counts, covariates: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-cell arrays the network reads: padded sparse rows, covariates, log library.
 
@@ -376,9 +394,13 @@ def cell_arrays(counts, covariates: np.ndarray | None = None) -> dict[str, np.nd
     lib = counts.cell_totals()
     n = counts.n_cells
     cov = np.zeros((n, 0), np.float32) if covariates is None else np.asarray(covariates, np.float32)
+    # round the padded width up so that data sets of similar density share compiled code
+    width = rows.cols.shape[1]
+    target = max(width, min(-(-width // _WIDTH_STEP) * _WIDTH_STEP, counts.n_genes))
+    pad = target - width
     return {
-        "cols": rows.cols,
-        "vals": rows.vals,
+        "cols": np.pad(rows.cols, ((0, 0), (0, pad)), constant_values=counts.n_genes),
+        "vals": np.pad(rows.vals, ((0, 0), (0, pad))),
         "cov": cov,
         "log_lib": np.log(np.maximum(lib, 1.0)).astype(np.float32),
     }
@@ -422,13 +444,14 @@ class ZipoDivergenceError(RuntimeError):
     """Training produced a non-finite loss."""
 
 
+@functools.lru_cache(maxsize=64)
 def bound_loss(config: ZipoConfig):
-    """``loss_fn`` with the config bound, in the minibatch driver's signature."""
+    """``loss_fn`` with the config bound, in the minibatch driver's signature.
 
-    def f(params, state, batch, mask, key, train):
-        return loss_fn(params, state, batch, mask, key, config=config, train=train)
-
-    return f
+    Cached, so the same architecture gives the same function object and the driver's
+    compiled epochs are reused across fits.
+    """
+    return functools.partial(loss_fn, config=config)
 
 
 def fit(
@@ -439,17 +462,21 @@ def fit(
     rng: int = 0,
     batch_size: int = 256,
     max_epochs: int = 200,
-    validation_fraction: float = 0.1,
+    n_val: int = 0,
+    hyper: Mapping[str, float] | None = None,
     schedule=None,
     progress_bar: bool = False,
 ) -> ZipoFit:
-    """Train a ZiPo network on ``counts`` (a ``CountData``); returns NumPy parameters."""
+    """Train a ZiPo network on ``counts`` (a ``CountData``); returns NumPy parameters.
+
+    ``n_val`` random cells are held out to monitor (none: the training loss is monitored);
+    ``hyper`` holds the penalty weights (keyword arguments of :func:`penalties`).
+    """
     from ..infer.minibatch import run_minibatch
 
     n = counts.n_cells
     rs = np.random.default_rng(rng)
     perm = rs.permutation(n)
-    n_val = int(round(validation_fraction * n))
     val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     batch_size = min(batch_size, train_idx.size)
     arrays = cell_arrays(counts, covariates)
@@ -465,6 +492,7 @@ def fit(
         state,
         train_data,
         val_data,
+        hyper=penalties(**(hyper or {})),
         rng_key=k_train,
         batch_size=batch_size,
         max_epochs=max_epochs,
@@ -484,9 +512,7 @@ def fit(
         k: v[order].reshape((n_b, batch_size, *v.shape[1:]))
         for k, v in subset(arrays, train_idx).items()
     }
-    state = jax.jit(population_stats, static_argnames="config")(
-        res.params, res.state, to_dev(batches), config=config
-    )
+    state = _population_stats_jit(res.params, res.state, to_dev(batches), config=config)
     to_np = lambda t: jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
     return ZipoFit(
         params=to_np(res.params),
@@ -504,49 +530,68 @@ def fit(
 
 
 # ----------------------------------------------------------------------------- inference
-def map_cells(params, state, arrays, *, config: ZipoConfig, fn, batch_size: int = 512):
-    """Apply ``fn(out, x, mask) -> dict`` to every cell in evaluation mode.
+@functools.lru_cache(maxsize=64)
+def _runner(config: ZipoConfig, fn):
+    @jax.jit
+    def run(p, s, x, cov, log_lib, mask):
+        out, _ = apply(p, s, x, cov, log_lib, config=config, train=False)
+        return fn(out, x, mask, config=config)
 
-    ``out`` is :func:`apply`'s output and ``x`` the dense counts of a batch; ``mask`` is 1
-    for real cells, 0 for padding. Outputs whose name starts with ``sum_`` must be sums over
-    the batch (weighted by ``mask``) and are summed over batches; the others are per-cell
+    return run
+
+
+def _dense_batch(arrays: Mapping[str, np.ndarray], idx: np.ndarray, n_genes: int) -> np.ndarray:
+    """Dense float32 counts of the cells ``idx`` from padded sparse rows (host side)."""
+    cols, vals = arrays["cols"][idx], arrays["vals"][idx]
+    x = np.zeros((idx.size, n_genes + 1), np.float32)
+    # (row, col) pairs are unique except on the padding column, which is dropped
+    x[np.arange(idx.size)[:, None], cols] = vals
+    return x[:, :n_genes]
+
+
+def map_cells(params, state, arrays, *, config: ZipoConfig, fn, batch_size: int = INFER_BATCH):
+    """Apply ``fn(out, x, mask, config=config) -> dict`` to every cell in evaluation mode.
+
+    ``fn`` is a module-level function (e.g. :func:`cell_outputs`); ``out`` is
+    :func:`apply`'s output and ``x`` the dense counts of a batch; ``mask`` is 1 for real
+    cells, 0 for padding. Outputs whose name starts with ``sum_`` must be sums over the batch
+    (weighted by ``mask``) and are summed over batches; the others are per-cell
     ``[batch, ...]`` arrays, concatenated with the padding dropped. Cells go through in
-    fixed-size batches, so the jitted function compiles once and only one batch is dense
-    at a time.
+    batches of exactly ``batch_size`` (the last one padded) densified one at a time on the
+    host, so the jitted function compiles once per ``(config, fn)`` whatever the number of
+    cells or the sparsity of the data.
     """
     n = int(arrays["cols"].shape[0])
-    bs = max(1, min(batch_size, n))
+    bs = int(batch_size)
     p = jax.tree_util.tree_map(jnp.asarray, params)
     s = jax.tree_util.tree_map(jnp.asarray, state)
-
-    @jax.jit
-    def run(p, s, batch, mask):
-        x = densify(batch["cols"], batch["vals"], config.n_genes)
-        out, _ = apply(p, s, x, batch["cov"], batch["log_lib"], config=config, train=False)
-        return fn(out, x, mask)
-
+    run = _runner(config, fn)
     sums: dict[str, np.ndarray] = {}
     pieces: dict[str, list[np.ndarray]] = {}
     for start in range(0, n, bs):
         m = min(bs, n - start)
         idx = np.minimum(np.arange(start, start + bs), n - 1)
         mask = (np.arange(bs) < m).astype(np.float32)
-        res = run(p, s, {k: jnp.asarray(v[idx]) for k, v in arrays.items()}, jnp.asarray(mask))
+        x = _dense_batch(arrays, idx, config.n_genes)
+        res = run(p, s, x, arrays["cov"][idx], arrays["log_lib"][idx], mask)
         for k, v in res.items():
-            v = np.asarray(v, dtype=np.float64 if k.startswith("sum_") else None)
             if k.startswith("sum_"):
-                sums[k] = sums.get(k, 0.0) + v
+                sums[k] = sums.get(k, 0.0) + np.asarray(v, dtype=np.float64)
             else:
-                pieces.setdefault(k, []).append(v[:m])
+                pieces.setdefault(k, []).append(np.asarray(v)[:m])
     return {**{k: np.concatenate(v) for k, v in pieces.items()}, **sums}
 
 
 def cell_outputs(out, x, mask, *, config: ZipoConfig):
-    """Per-cell latent and library, and per-gene sums (for means and sds over cells) of the
-    zero-inflation probability ``gate``, the fraction ``rho`` and the NB mean ``mu``."""
-    del x
+    """Per-cell latent, library and log-likelihood (summed over genes), and per-gene sums
+    (for means and sds over cells) of the zero-inflation probability ``gate``, the fraction
+    ``rho`` and the NB mean ``mu``."""
     w = mask[:, None]
-    res = {"latent": out["latent"], "log_library": out["log_library"]}
+    res = {
+        "latent": out["latent"],
+        "log_library": out["log_library"],
+        "ll": entry_loglik(x, out, config.likelihood).sum(axis=1),
+    }
     per_gene = {"rho": jnp.exp(out["log_mu"]), "mu": jnp.exp(out["log_rate"])}
     if config.zero_inflated:
         per_gene["gate"] = jax.nn.sigmoid(out["gate_logits"])
@@ -555,9 +600,3 @@ def cell_outputs(out, x, mask, *, config: ZipoConfig):
         res[f"sum_{name}2"] = (w * a * a).sum(0)
     res["sum_n"] = mask.sum()
     return res
-
-
-def cell_loglik(out, x, mask, *, config: ZipoConfig):
-    """Per-cell log-likelihood summed over genes."""
-    del mask
-    return {"ll": entry_loglik(x, out, config.likelihood).sum(axis=1)}

@@ -35,6 +35,8 @@ def simulate_lowrank_zinb(
     rank: int = 6,
     type_scale: float = 1.0,
     within_scale: float = 0.3,
+    loading_scale: float = 1.0,
+    base_scale: float = 1.5,
     mean_gate: float = 0.13,
     gate_concentration: float = 10.0,
     r_median: float = 5.0,
@@ -43,14 +45,18 @@ def simulate_lowrank_zinb(
     seed: int = 0,
 ) -> LowRankZINB:
     """Simulate ``n_cells × n_genes`` counts (see module doc); the same ``seed`` gives the
-    same data. Gates are ``Beta(mean_gate * c, (1 - mean_gate) * c)`` per gene with
-    ``c = gate_concentration``; ``r_g`` is log-normal around ``r_median``."""
+    same data. Log fractions are ``base_g + u_c . F_g`` normalised, with ``base_g`` of sd
+    ``base_scale`` and the cell-dependent part ``u_c . F_g`` of sd ``loading_scale``. Gates are
+    ``Beta(mean_gate * c, (1 - mean_gate) * c)`` per gene with ``c = gate_concentration``;
+    ``r_g`` is log-normal around ``r_median``."""
     rs = np.random.default_rng(seed)
     centres = rs.normal(0.0, type_scale, size=(n_types, rank))
     labels = rs.integers(0, n_types, size=n_cells)
     u = centres[labels] + rs.normal(0.0, within_scale, size=(n_cells, rank))
-    F = rs.normal(0.0, 1.0, size=(n_genes, rank))
-    base = rs.normal(0.0, 1.2, size=n_genes)
+    # the cell-dependent part of a gene's log fraction has sd `loading_scale`
+    f_sd = loading_scale / np.sqrt(rank * (type_scale**2 + within_scale**2))
+    F = rs.normal(0.0, f_sd, size=(n_genes, rank))
+    base = rs.normal(0.0, base_scale, size=n_genes)
     eta = base[None, :] + u @ F.T
     eta -= eta.max(axis=1, keepdims=True)
     frac = np.exp(eta)
@@ -58,7 +64,9 @@ def simulate_lowrank_zinb(
     library = library_median * np.exp(rs.normal(0.0, library_sd, size=n_cells))
     rates = library[:, None] * frac
     r = r_median * np.exp(rs.normal(0.0, 0.5, size=n_genes))
-    gate = rs.beta(mean_gate * gate_concentration, (1.0 - mean_gate) * gate_concentration, size=n_genes)
+    gate = rs.beta(
+        mean_gate * gate_concentration, (1.0 - mean_gate) * gate_concentration, size=n_genes
+    )
     lam = rs.gamma(r[None, :], rates / r[None, :])
     x = rs.poisson(lam).astype(np.float32)
     x[rs.random(size=x.shape) < gate[None, :]] = 0.0

@@ -1,0 +1,156 @@
+"""The ZiPo loss: equal to the `_core` log-pmfs (checked here against scipy), finite at
+extremes, penalties as documented, and the scale invariance of the sparsity penalty."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.special import expit
+
+from scnbtools._core.data import CountData
+from scnbtools._core.models import zipo
+
+G, B = 7, 5
+
+
+def _scipy_loglik(x, log_rate, likelihood, gate_logits=None, log_r=None):
+    """Per-entry log-pmf in float64 with scipy."""
+    m = np.exp(log_rate)
+    if likelihood in ("nb", "zinb"):
+        r = np.exp(log_r)
+        base = stats.nbinom.logpmf(x, r, r / (r + m))
+        base0 = stats.nbinom.logpmf(0, r, r / (r + m))
+    else:
+        base = stats.poisson.logpmf(x, m)
+        base0 = stats.poisson.logpmf(0, m)
+    if likelihood in ("poisson", "nb"):
+        return base
+    pi = expit(gate_logits)
+    return np.where(x == 0, np.log(pi + (1 - pi) * np.exp(base0)), np.log1p(-pi) + base)
+
+
+def _network(likelihood, seed=0):
+    cfg = zipo.ZipoConfig(n_genes=G, encoder_dims=(6, 4), n_latent=3, likelihood=likelihood)
+    rs = np.random.default_rng(seed)
+    params, state = zipo.init(
+        jax.random.PRNGKey(seed),
+        cfg,
+        log_fractions=np.log(rs.dirichlet(np.ones(G))),
+        mean_log_library=np.log(50.0),
+        gate_logit=-1.0,
+        log_r=0.7,
+    )
+    # move the heads off their small initial weights so the test covers real outputs
+    params["zi"]["W"] = jnp.asarray(rs.normal(0, 1, (3, G)), jnp.float32)
+    params["dec"]["W"] = jnp.asarray(rs.normal(0, 1, (3, G)), jnp.float32)
+    params["disp"]["log_r"] = jnp.asarray(rs.normal(0, 1, G), jnp.float32)
+    x = rs.poisson(rs.gamma(1.0, 8.0, (B, G))).astype(np.float32)
+    x[0, :3] = 0
+    batch = {k: jnp.asarray(v) for k, v in zipo.cell_arrays(CountData(x)).items()}
+    return cfg, params, state, x, batch
+
+
+@pytest.mark.parametrize("likelihood", ["zip", "zinb", "poisson", "nb"])
+def test_entry_loglik_equals_scipy(likelihood):
+    rs = np.random.default_rng(2)
+    x = rs.poisson(rs.gamma(1.0, 8.0, (B, G))).astype(np.float32)
+    x[0, :3] = 0
+    out = {
+        "log_rate": rs.normal(1.0, 1.5, (B, G)),
+        "gate_logits": rs.normal(-1.0, 1.5, (B, G)),
+        "log_r": rs.normal(0.5, 1.0, G),
+    }
+    ll = zipo.entry_loglik(jnp.asarray(x), {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}, likelihood)
+    expected = _scipy_loglik(x, out["log_rate"], likelihood, out["gate_logits"], out["log_r"])
+    np.testing.assert_allclose(np.asarray(ll), expected, rtol=2e-5, atol=2e-5)
+
+
+def test_loss_is_nll_plus_penalties_and_masks_padding():
+    """The network's loss: mean NLL of the scipy log-pmf plus the three penalties as
+    documented; padding cells (mask 0) do not enter it."""
+    cfg, params, state, x, batch = _network("zinb")
+    mask = jnp.ones(B)
+    hyper = zipo.penalties(alpha_z=0.3, alpha_w=0.2, alpha_theta=0.05)
+    # jitted: one compilation is cheaper than dispatching every primitive eagerly
+    loss_fn = jax.jit(zipo.bound_loss(cfg), static_argnums=5)
+    loss, (_, metrics) = loss_fn(params, state, batch, mask, None, False, hyper)
+    out, _ = jax.jit(zipo.apply, static_argnames=("config", "train"))(
+        params, state, jnp.asarray(x), batch["cov"], batch["log_lib"], config=cfg, train=False
+    )
+    o = {k: np.asarray(v, np.float64) for k, v in out.items()}
+    nll = -_scipy_loglik(x, o["log_rate"], "zinb", o["gate_logits"], o["log_r"]).mean()
+    np.testing.assert_allclose(float(metrics["nll"]), nll, rtol=2e-5)
+    W = np.asarray(params["enc_0"]["W"], np.float64)
+    expected = (
+        nll
+        + 0.2 * np.mean(np.abs(W).mean(0) / np.sqrt((W**2).mean(0)))
+        + 0.3 * np.mean(expit(o["gate_logits"]) ** 2)
+        + 0.05 * np.mean(np.exp(-2 * o["log_r"]))
+    )
+    np.testing.assert_allclose(float(loss), expected, rtol=2e-5)
+    # mask [1, 1, 1, 0, 0] gives the loss of the first three cells alone
+    part_mask = jnp.asarray([1, 1, 1, 0, 0], jnp.float32)
+    full, _ = loss_fn(params, state, batch, part_mask, None, False, hyper)
+    sub = {k: v[:3] for k, v in batch.items()}
+    part, _ = loss_fn(params, state, sub, jnp.ones(3), None, False, hyper)
+    np.testing.assert_allclose(float(full), float(part), rtol=1e-6)
+
+
+@pytest.mark.parametrize("likelihood", ["zip", "zinb", "poisson", "nb"])
+def test_loglik_finite_at_extremes(likelihood):
+    x = jnp.asarray([[0.0, 1.0, 1e5, 0.0, 3.0, 1e5]] * 4)
+    log_rate = jnp.asarray([[-30.0], [0.0], [12.0], [-5.0]]) * jnp.ones((1, 6))
+    out = {
+        "log_rate": log_rate,
+        "gate_logits": jnp.asarray([[-30.0], [30.0], [0.0], [-8.0]]) * jnp.ones((1, 6)),
+        "log_r": jnp.asarray([-10.0, -3.0, 0.0, 5.0, 10.0, 15.0]),
+    }
+
+    def total(o):
+        return jnp.sum(zipo.entry_loglik(x, o, likelihood))
+
+    ll = zipo.entry_loglik(x, out, likelihood)
+    grads = jax.grad(total)(out)
+    assert np.all(np.isfinite(np.asarray(ll)))
+    for g in jax.tree_util.tree_leaves(grads):
+        assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_sparsity_penalty_is_scale_invariant_per_neuron():
+    rs = np.random.default_rng(1)
+    W = rs.normal(size=(50, 6)).astype(np.float32)
+    base = float(zipo.sparsity_penalty(jnp.asarray(W)))
+    for col, c in [(0, 1e-3), (2, 1e3), (5, -7.0)]:
+        V = W.copy()
+        V[:, col] *= c
+        assert float(zipo.sparsity_penalty(jnp.asarray(V))) == pytest.approx(base, rel=1e-5)
+    # it does reward sparsity: one non-zero weight gives 1/sqrt(G), equal weights give 1
+    one_hot = np.zeros((50, 1), np.float32)
+    one_hot[3] = 2.5
+    assert float(zipo.sparsity_penalty(jnp.asarray(one_hot))) == pytest.approx(1 / np.sqrt(50), rel=1e-5)
+    assert float(zipo.sparsity_penalty(jnp.ones((50, 1)))) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_eval_mode_is_independent_of_the_batch():
+    """With stored batch-norm statistics a cell's outputs do not depend on its batch mates;
+    in training mode they do."""
+    cfg, params, state, x, batch = _network("zip")
+    state = jax.tree_util.tree_map(lambda a: a * 0.5 + 0.1, state)
+    xs = jnp.asarray(x)
+    full, _ = zipo.apply(params, state, xs, batch["cov"], batch["log_lib"], config=cfg, train=False)
+    one, _ = zipo.apply(params, state, xs[:1], batch["cov"][:1], batch["log_lib"][:1], config=cfg, train=False)
+    np.testing.assert_allclose(np.asarray(full["latent"][:1]), np.asarray(one["latent"]), rtol=1e-5, atol=1e-6)
+    tr_full, _ = zipo.apply(params, state, xs, batch["cov"], batch["log_lib"], config=cfg, train=True)
+    tr_two, _ = zipo.apply(params, state, xs[:2], batch["cov"][:2], batch["log_lib"][:2], config=cfg, train=True)
+    assert not np.allclose(np.asarray(tr_full["latent"][:1]), np.asarray(tr_two["latent"][:1]))
+
+
+def test_prune_first_layer_normalises_per_neuron():
+    W = np.array([[1.0, -0.001], [0.5, 0.01], [0.0005, -0.002]], np.float32)
+    pruned, frac = zipo.prune_first_layer(W, 0.01)
+    # neuron 0: max 1 -> 0.0005 is pruned; neuron 1: max 0.01 -> 0.001 (0.1) kept
+    np.testing.assert_array_equal(pruned, np.array([[1.0, -0.001], [0.5, 0.01], [0.0, -0.002]], np.float32))
+    assert frac == pytest.approx(1 / 6)

@@ -1,0 +1,106 @@
+"""The generic minibatch driver (``_core/infer/minibatch.py``) on a toy model."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scnbtools._core.infer.minibatch import ScheduleConfig, run_minibatch
+
+
+def _toy_loss(params, state, batch, mask, key, train, hyper):
+    """Weighted least squares ``y ~ x w + b`` plus ``hyper['l2'] * |w|^2``; ``state`` counts
+    training steps (a stand-in for batch-norm statistics)."""
+    del key
+    pred = batch["x"] @ params["w"] + params["b"]
+    err = jnp.sum(mask * (pred - batch["y"]) ** 2) / jnp.sum(mask)
+    loss = err + hyper["l2"] * jnp.sum(params["w"] ** 2)
+    new_state = {"steps": state["steps"] + (1.0 if train else 0.0)}
+    return loss, (new_state, {"mse": err})
+
+
+def _data(n, seed=0):
+    rs = np.random.default_rng(seed)
+    x = rs.normal(size=(n, 3)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5]) + 0.3 + 0.1 * rs.normal(size=n)).astype(np.float32)
+    return {"x": jnp.asarray(x), "y": jnp.asarray(y)}
+
+
+P0 = {"w": jnp.zeros(3), "b": jnp.zeros(())}
+S0 = {"steps": jnp.zeros(())}
+
+
+def _run(**kw):
+    args = {
+        "rng_key": jax.random.PRNGKey(0),
+        "batch_size": 16,
+        "max_epochs": 30,
+        "hyper": {"l2": jnp.asarray(0.0)},
+        "schedule": ScheduleConfig(learning_rate=0.1, lr_decay=0.8, lr_floor=0.01),
+    }
+    args.update(kw)
+    return run_minibatch(_toy_loss, P0, S0, _data(200), _data(37, 1), **args)
+
+
+def test_fits_schedule_and_state():
+    res = _run()
+    np.testing.assert_allclose(np.asarray(res.params["w"]), [1.0, -2.0, 0.5], atol=0.05)
+    lr = res.history["learning_rate"]
+    # geometric decay from 0.1 by 0.8 per epoch down to the floor 0.01 (no plateau here)
+    expected = np.maximum(0.1 * 0.8 ** np.arange(lr.size), 0.01)
+    np.testing.assert_allclose(lr[:10], expected[:10], rtol=1e-6)
+    assert set(res.history) >= {"loss", "val_loss", "train_mse", "val_mse", "learning_rate"}
+    # state advanced once per step: 200 // 16 = 12 steps per epoch (last partial batch dropped)
+    assert float(res.state["steps"]) == 12 * (res.best_epoch + 1)
+    # validation loss is evaluated on all 37 cells (padded batches masked)
+    val = _data(37, 1)
+    pred = np.asarray(val["x"] @ res.params["w"] + res.params["b"])
+    mse = float(np.mean((pred - np.asarray(val["y"])) ** 2))
+    assert res.history["val_mse"][res.best_epoch] == pytest.approx(mse, rel=1e-4)
+
+
+def test_no_recompilation_and_hyper_is_traced():
+    first = _run(max_epochs=3)
+    again = _run(max_epochs=5, hyper={"l2": jnp.asarray(10.0)})
+    assert first.n_compilations <= 2  # epoch + evaluator (0 if an earlier test compiled them)
+    assert again.n_compilations == 0  # same shapes, other penalty: nothing recompiles
+    assert np.abs(np.asarray(again.params["w"])).sum() < np.abs(np.asarray(first.params["w"])).sum()
+
+
+def test_plateau_and_early_stopping_keep_best():
+    sched = ScheduleConfig(
+        learning_rate=0.05, lr_decay=1.0, lr_floor=0.05, plateau_patience=2, plateau_factor=0.5,
+        tol=0.5, early_stopping_patience=4,
+    )
+    res = _run(schedule=sched, max_epochs=50)
+    assert res.stopped_early and res.n_epochs < 50
+    lr = res.history["learning_rate"]
+    assert lr.min() < 0.05 and np.all(np.diff(lr) <= 0)
+    val = res.history["val_loss"]
+    assert res.best_epoch == int(np.argmin(val))
+
+
+def test_divergence_is_reported():
+    bad = _data(200)
+    bad["y"] = bad["y"].at[5].set(jnp.inf)
+    res = run_minibatch(
+        _toy_loss, P0, S0, bad, _data(37, 1), rng_key=jax.random.PRNGKey(0), batch_size=16,
+        max_epochs=5, hyper={"l2": jnp.asarray(0.0)},
+    )
+    assert res.diverged and res.n_epochs == 1
+
+
+def test_progress_bar_and_no_validation(capsys):
+    res = run_minibatch(
+        _toy_loss, P0, S0, _data(200), None, rng_key=jax.random.PRNGKey(0), batch_size=16,
+        max_epochs=2, hyper={"l2": jnp.asarray(0.0)}, progress_bar=True,
+    )
+    assert "val_loss" not in res.history and res.n_epochs == 2
+    assert "2/2" in capsys.readouterr().err
+
+
+def test_bad_batch_size():
+    with pytest.raises(ValueError, match="batch_size"):
+        _run(batch_size=500)
