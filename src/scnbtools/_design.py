@@ -133,7 +133,8 @@ def _required_columns(formula: str, obs: pd.DataFrame, param: str) -> None:
     except (FormulaSyntaxError, FormulaParsingError) as e:
         if "`.` operator" in str(e):
             return  # `~ .` : every column of obs
-        raise ValueError(f"`{param}`={formula!r} is not a valid formula: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"`{param}`={formula!r} is not a valid formula: {first}") from None
     missing = sorted(names - set(map(str, obs.columns)))
     if missing:
         avail = ", ".join(map(repr, list(map(str, obs.columns))[:20])) or "none"
@@ -166,8 +167,8 @@ def _materialize(formula: str, obs: pd.DataFrame, param: str, spec=None):
             text = str(e)
             if "null values" in text or "contains null" in text:
                 raise ValueError(
-                    f"the `{param}` formula {formula!r} uses a column with missing values ({text}). "
-                    "Fill or drop those cells first."
+                    f"the `{param}` formula {formula!r} has missing (NaN) values ({text}). Fill "
+                    "or drop those cells, or fix a transform that is undefined for some cells."
                 ) from None
             if "not present in the dataset" in text:
                 raise KeyError(
@@ -191,6 +192,10 @@ def _check_rank(M: np.ndarray, columns: list[str], param: str, formula: str) -> 
             f"the `{param}` design has non-finite values in column(s) {', '.join(map(repr, bad))} "
             f"(formula {formula!r}); check transforms such as np.log of zeros."
         )
+    if M.shape[0] < M.shape[1]:
+        raise ValueError(
+            f"the `{param}` design has {M.shape[1]} columns but only {M.shape[0]} cells."
+        )
     scale = np.maximum(np.linalg.norm(M, axis=0), 1e-300)
     Ms = M / scale
     redundant = []
@@ -211,10 +216,6 @@ def _check_rank(M: np.ndarray, columns: list[str], param: str, formula: str) -> 
             f"{', '.join(map(repr, redundant))} are linear combinations of the columns before "
             "them (e.g. two obs columns that encode the same grouping, or a level with no "
             f"cells). Columns: {', '.join(map(repr, columns))}. Remove the redundant terms."
-        )
-    if M.shape[0] < M.shape[1]:
-        raise ValueError(
-            f"the `{param}` design has {M.shape[1]} columns but only {M.shape[0]} cells."
         )
 
 

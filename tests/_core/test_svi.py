@@ -188,7 +188,8 @@ def test_minibatch_fit_matches_histogram_fit(nbdm_data):
     kw = {"n_steps": 2000, "n_posterior_samples": 400, "rng": 0}
     full = fit_gene_model(spec, counts, priors=priors, **kw)
     mini = fit_gene_model(spec, counts, priors=priors, batch_size=256, **kw)
-    assert mini.n_compilations == 1
+    # 0 when an earlier fit of the same configuration left its compiled runner in the cache
+    assert mini.n_compilations <= 1
     p_full, p_mini = full.global_summaries["p"]["mean"], mini.global_summaries["p"]["mean"]
     r_full, r_mini = full.gene_summaries["r"]["mean"], mini.gene_summaries["r"]["mean"]
     rel = np.abs(r_mini / r_full - 1)

@@ -6,7 +6,12 @@ import contextlib
 
 
 class _NullBar:
+    total = 0
+
     def update(self, n=1):
+        pass
+
+    def refresh(self):
         pass
 
     def set_postfix(self, *args, **kwargs):
@@ -18,7 +23,11 @@ def progress(*, total: int, enabled: bool, desc: str):
     if not enabled:
         yield _NullBar()
         return
-    from tqdm.auto import tqdm
+    try:  # widgets in Jupyter only when ipywidgets is there (else tqdm.auto warns)
+        import ipywidgets  # noqa: F401
+        from tqdm.auto import tqdm
+    except ImportError:
+        from tqdm import tqdm
 
     bar = tqdm(total=total, desc=desc, unit="step", leave=True, dynamic_ncols=True)
     try:

@@ -69,7 +69,6 @@ def histogram_arrays(hist: GeneHistograms, spec: ModelSpec | None = None) -> dic
                 surv_gene=jnp.asarray(s.gene),
                 surv_j=jnp.asarray(s.j),
                 surv_count=jnp.asarray(s.count),
-                log_factorial_sum=jnp.asarray(s.log_factorial_sum, dtype=jnp.float32),
             )
     return _pad_entries(out)
 

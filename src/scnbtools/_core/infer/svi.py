@@ -187,6 +187,8 @@ def run_svi(
                 continue
             if n_red >= max_lr_reductions:
                 converged = True
+                bar.total = done  # a converged fit ends its bar at 100 %
+                bar.refresh()
                 break
             n_red, bad, lr = n_red + 1, 0, lr * lr_factor
             opt_state.hyperparams["learning_rate"] = jnp.asarray(

@@ -425,9 +425,11 @@ def _count_triplets(Yt: np.ndarray, group: np.ndarray | None, n_groups: int):
 
 
 def _list_length(triplets, Gb: int, n_cells: int, per_cell: bool) -> int:
-    """Padded list length: the next power of two (>= 16) of the longest gene's list."""
+    """Padded list length: the next power of two (>= 128) of the longest gene's list.
+
+    Coarse buckets let fits of similar data share one compiled solver."""
     L = int(np.bincount(triplets[0], minlength=Gb).max(initial=1))
-    L = max(16, 1 << int(np.ceil(np.log2(max(L, 1)))))
+    L = max(128, 1 << int(np.ceil(np.log2(max(L, 1)))))
     return min(L, n_cells) if per_cell else L
 
 
@@ -598,7 +600,7 @@ def fit_glm_counts(
         zero = np.zeros(G, bool)
         # One padded list length for every block (so one compiled solver): a first pass
         # finds the longest list; short lists are kept for the second pass.
-        L, kept, kept_size = 16, {}, 0
+        L, kept, kept_size = 128, {}, 0
         for a, _b, Yt in _gene_blocks(counts, block):
             trip = _count_triplets(Yt, group, n_groups)
             L = max(L, _list_length(trip, Yt.shape[0], n, group is None))
