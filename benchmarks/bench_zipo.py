@@ -16,7 +16,7 @@ What is compared, in one run on one machine
   ``qz.loc``) are scored by the same SciPy log-pmf in float64: **held-out NLL per entry**;
   **rate MSE**: mean squared error of the NB mean (``library * fraction``, no dropout) against
   the simulated rates of the held-out cells; **Leiden ARI**: ``sc.pp.neighbors`` (15
-  neighbours) + ``sc.tl.leiden`` (igraph, resolution 0.3, seed 0) on the latent of all
+  exact neighbours) + ``sc.tl.leiden`` (igraph, resolution 0.3, seed 0) on the latent of all
   10,000 cells against the 5 types; **CPU seconds** (user + system) and wall seconds of the
   training call (``fit_zipo``, which also writes its outputs for the training cells;
   ``SCVI.train``), each in a fresh process, JAX compilation included.
@@ -215,7 +215,9 @@ def cluster_ari(latent: np.ndarray, labels: np.ndarray) -> tuple[float, int, str
     try:
         import igraph  # noqa: F401
 
-        sc.pp.neighbors(a, use_rep="z", n_neighbors=15, random_state=0)
+        # exact kNN (sklearn): scanpy 1.11's default pynndescent path fails on scipy's
+        # csr_array above 4,096 cells in this environment
+        sc.pp.neighbors(a, use_rep="z", n_neighbors=15, transformer="sklearn", random_state=0)
         sc.tl.leiden(
             a, resolution=LEIDEN_RESOLUTION, flavor="igraph", n_iterations=2, random_state=0
         )
@@ -239,6 +241,7 @@ def score(data_path: Path, out_path: Path) -> dict:
     out["clustering"] = how
     if "gate" in p:
         out["mean_gate"] = float(p["gate"].mean())
+    out["true_gate"] = float(d["gate"].mean())
     return out
 
 
@@ -258,9 +261,7 @@ def main(args) -> None:
     )
     skip_scvi = _scvi_available()
     methods = [m for m in METHODS if not (m.startswith("scvi") and skip_scvi)]
-    n_cells, n_genes, n_train = (
-        (2_000, 500, 1_800) if args.quick else (N_CELLS, N_GENES, N_TRAIN)
-    )
+    n_cells, n_genes, n_train = (2_000, 500, 1_800) if args.quick else (N_CELLS, N_GENES, N_TRAIN)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_zipo_"))
     work.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -273,8 +274,18 @@ def main(args) -> None:
             try:
                 res = run_worker(
                     __file__,
-                    ["--worker", method, "--data", data, "--out", out, "--epochs", args.epochs,
-                     "--seed", seed],
+                    [
+                        "--worker",
+                        method,
+                        "--data",
+                        data,
+                        "--out",
+                        out,
+                        "--epochs",
+                        args.epochs,
+                        "--seed",
+                        seed,
+                    ],
                     echo=None,
                 )
             except RuntimeError as e:
@@ -282,7 +293,11 @@ def main(args) -> None:
                 rows.append({"seed": seed, "method": method, "error": str(e).splitlines()[0]})
                 continue
             res.update(score(data, out), seed=seed, method=method)
-            print("  " + json.dumps({k: res[k] for k in ("nll", "rate_mse", "ari", "cpu_s", "wall_s")}), flush=True)
+            print(
+                "  "
+                + json.dumps({k: res[k] for k in ("nll", "rate_mse", "ari", "cpu_s", "wall_s")}),
+                flush=True,
+            )
             rows.append(res)
     result = {
         "machine": info,
@@ -308,8 +323,23 @@ def _agg(rows, method, key):
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan"), v.size
 
 
+def _true_gates(result: dict) -> dict[int, float]:
+    """Mean true gate per seed (recomputed from the seeded simulation if not stored)."""
+    out = {r["seed"]: r["true_gate"] for r in result["rows"] if "true_gate" in r}
+    missing = [s for s in result["seeds"] if s not in out]
+    if missing:
+        from scnbtools._core.models.zipo_sim import simulate_lowrank_zinb
+
+        n_cells, n_genes, _ = result["shape"]
+        for seed in missing:
+            sim = simulate_lowrank_zinb(n_cells, n_genes, n_types=N_TYPES, seed=seed)
+            out[seed] = float(sim.gate.mean())
+    return out
+
+
 def render(result: dict) -> str:
     rows = [r for r in result["rows"] if "error" not in r]
+    gates = _true_gates(result)
     info = result["machine"]
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
     n_cells, n_genes, n_train = result["shape"]
@@ -336,6 +366,17 @@ def render(result: dict) -> str:
     ]
     if result.get("skip_scvi"):
         lines += ["", f"**SCVI was not run** (scvi-tools not importable: {result['skip_scvi']})."]
+    lines += [
+        "",
+        f"**Epochs.** {result['epochs']} epochs for every method: the issue asks for the same "
+        "number of epochs for all and a whole run under ~20 minutes on this machine, and SCVI "
+        "costs about 15–20 CPU seconds per epoch here, so the epochs (not the seeds) were cut. "
+        "Both methods are therefore compared early in training, not at convergence.",
+        "",
+        "The true mean dropout probability of the simulations is "
+        + ", ".join(f"{gates[s]:.3f} (seed {s})" for s in sorted(gates))
+        + "; the *mean gate* column is each zero-inflated method's mean over held-out entries.",
+    ]
     lines += ["", "### Mean ± sd over seeds", ""]
     table = []
     for m in methods:
@@ -348,7 +389,15 @@ def render(result: dict) -> str:
         table.append(cells)
     lines.append(
         markdown_table(
-            ["method", "held-out NLL / entry", "rate MSE", "Leiden ARI", "CPU s", "wall s", "mean gate"],
+            [
+                "method",
+                "held-out NLL / entry",
+                "rate MSE",
+                "Leiden ARI",
+                "CPU s",
+                "wall s",
+                "mean gate",
+            ],
             table,
         )
     )
@@ -359,12 +408,31 @@ def render(result: dict) -> str:
             per.append([r["seed"], r["method"], "failed", r["error"], "", "", "", "", ""])
             continue
         per.append(
-            [r["seed"], r["method"], r["nll"], r["rate_mse"], r["ari"], r["n_clusters"],
-             r["clustering"], r["cpu_s"], r["wall_s"]]
+            [
+                r["seed"],
+                r["method"],
+                r["nll"],
+                r["rate_mse"],
+                r["ari"],
+                r["n_clusters"],
+                r["clustering"],
+                r["cpu_s"],
+                r["wall_s"],
+            ]
         )
     lines.append(
         markdown_table(
-            ["seed", "method", "NLL / entry", "rate MSE", "ARI", "clusters", "clustering", "CPU s", "wall s"],
+            [
+                "seed",
+                "method",
+                "NLL / entry",
+                "rate MSE",
+                "ARI",
+                "clusters",
+                "clustering",
+                "CPU s",
+                "wall s",
+            ],
             per,
         )
     )
@@ -375,23 +443,37 @@ def render(result: dict) -> str:
 def _targets(rows, methods) -> str:
     if not any(m.startswith("scvi") for m in methods):
         return "### Targets\n\nNot assessed: SCVI did not run."
-    best_scvi = {k: min(_agg(rows, m, k)[0] for m in methods if m.startswith("scvi")) for k in ("nll", "rate_mse", "cpu_s")}
+    best_scvi = {
+        k: min(_agg(rows, m, k)[0] for m in methods if m.startswith("scvi"))
+        for k in ("nll", "rate_mse", "cpu_s")
+    }
     out = ["### Targets (ZiPo zinb vs the better SCVI variant on each metric)", ""]
     z = {k: _agg(rows, "zipo_zinb", k) for k in ("nll", "rate_mse", "cpu_s", "ari")}
     out.append(
         markdown_table(
             ["target", "measured", "verdict"],
             [
-                ["held-out NLL ≤ SCVI's", f"{z['nll'][0]:.4f} vs {best_scvi['nll']:.4f}",
-                 "met" if z["nll"][0] <= best_scvi["nll"] else "missed"],
-                ["rate MSE ≤ ½ SCVI's", f"{z['rate_mse'][0]:.3g} vs {best_scvi['rate_mse']:.3g} "
-                 f"(ratio {z['rate_mse'][0] / best_scvi['rate_mse']:.2f})",
-                 "met" if z["rate_mse"][0] <= 0.5 * best_scvi["rate_mse"] else "missed"],
-                ["≥ 3× less CPU time", f"{best_scvi['cpu_s'] / z['cpu_s'][0]:.1f}× less",
-                 "met" if best_scvi["cpu_s"] >= 3 * z["cpu_s"][0] else "missed"],
-                ["smaller spread across seeds (sd of NLL)",
-                 ", ".join(f"{m}: {_agg(rows, m, 'nll')[1]:.2g}" for m in methods),
-                 _spread_verdict(rows, methods)],
+                [
+                    "held-out NLL ≤ SCVI's",
+                    f"{z['nll'][0]:.4f} vs {best_scvi['nll']:.4f}",
+                    "met" if z["nll"][0] <= best_scvi["nll"] else "missed",
+                ],
+                [
+                    "rate MSE ≤ ½ SCVI's",
+                    f"{z['rate_mse'][0]:.3g} vs {best_scvi['rate_mse']:.3g} "
+                    f"(ratio {z['rate_mse'][0] / best_scvi['rate_mse']:.2f})",
+                    "met" if z["rate_mse"][0] <= 0.5 * best_scvi["rate_mse"] else "missed",
+                ],
+                [
+                    "≥ 3× less CPU time",
+                    f"{best_scvi['cpu_s'] / z['cpu_s'][0]:.1f}× less",
+                    "met" if best_scvi["cpu_s"] >= 3 * z["cpu_s"][0] else "missed",
+                ],
+                [
+                    "smaller spread across seeds (sd of NLL)",
+                    ", ".join(f"{m}: {_agg(rows, m, 'nll')[1]:.2g}" for m in methods),
+                    _spread_verdict(rows, methods),
+                ],
             ],
         )
     )

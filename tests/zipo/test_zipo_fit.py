@@ -82,7 +82,13 @@ def test_zero_inflation_calibrated_and_overshoots_without_penalty(fitted):
     truth = float(a.uns["truth"]["gate"].mean())
     on = float(a.varm["zipo_mean"]["gate"].mean())
     snb.tl.fit_zipo(
-        a, likelihood="zinb", alpha_z=0.0, key_added="z0", max_epochs=EPOCHS, progress_bar=False, **SMALL
+        a,
+        likelihood="zinb",
+        alpha_z=0.0,
+        key_added="z0",
+        max_epochs=EPOCHS,
+        progress_bar=False,
+        **SMALL,
     )
     off = float(a.varm["z0_mean"]["gate"].mean())
     assert abs(on / truth - 1) < 0.15
@@ -187,7 +193,11 @@ def test_contract_dense_sparse_layer_copy_rng():
             a.X = a.X.multiply(1.0 / 7.0).tocsr()  # not counts: must not be read
         before = a.copy()
         out = snb.tl.fit_zipo(a, copy=True, layer="counts" if name == "layer" else None, **kw)
-        assert "zipo" not in a.uns and "zipo" not in a.obsm and a.obs.columns.equals(before.obs.columns)
+        assert (
+            "zipo" not in a.uns
+            and "zipo" not in a.obsm
+            and a.obs.columns.equals(before.obs.columns)
+        )
         fits[name] = out
     ref = fits["csr"].obsm["zipo"]
     for name in ("dense", "csc", "layer"):
@@ -213,7 +223,12 @@ def test_covariates_observed_library_and_transform():
     a.obs["age"] = rs.normal(50, 10, a.n_obs)
     a.obs["batch"] = pd.Categorical(rs.choice(["b1", "b2", "b3"], a.n_obs))
     snb.tl.fit_zipo(
-        a, covariate_keys=["age", "batch"], library="observed", max_epochs=3, progress_bar=False, **SMALL
+        a,
+        covariate_keys=["age", "batch"],
+        library="observed",
+        max_epochs=3,
+        progress_bar=False,
+        **SMALL,
     )
     res = a.uns["zipo"]
     assert res["n_covariate_columns"] == 4 and res["params"]["likelihood"] == "zip"

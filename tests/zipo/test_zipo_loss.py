@@ -63,7 +63,9 @@ def test_entry_loglik_equals_scipy(likelihood):
         "gate_logits": rs.normal(-1.0, 1.5, (B, G)),
         "log_r": rs.normal(0.5, 1.0, G),
     }
-    ll = zipo.entry_loglik(jnp.asarray(x), {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}, likelihood)
+    ll = zipo.entry_loglik(
+        jnp.asarray(x), {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}, likelihood
+    )
     expected = _scipy_loglik(x, out["log_rate"], likelihood, out["gate_logits"], out["log_r"])
     np.testing.assert_allclose(np.asarray(ll), expected, rtol=2e-5, atol=2e-5)
 
@@ -130,7 +132,9 @@ def test_sparsity_penalty_is_scale_invariant_per_neuron():
     # it does reward sparsity: one non-zero weight gives 1/sqrt(G), equal weights give 1
     one_hot = np.zeros((50, 1), np.float32)
     one_hot[3] = 2.5
-    assert float(zipo.sparsity_penalty(jnp.asarray(one_hot))) == pytest.approx(1 / np.sqrt(50), rel=1e-5)
+    assert float(zipo.sparsity_penalty(jnp.asarray(one_hot))) == pytest.approx(
+        1 / np.sqrt(50), rel=1e-5
+    )
     assert float(zipo.sparsity_penalty(jnp.ones((50, 1)))) == pytest.approx(1.0, rel=1e-6)
 
 
@@ -141,10 +145,18 @@ def test_eval_mode_is_independent_of_the_batch():
     state = jax.tree_util.tree_map(lambda a: a * 0.5 + 0.1, state)
     xs = jnp.asarray(x)
     full, _ = zipo.apply(params, state, xs, batch["cov"], batch["log_lib"], config=cfg, train=False)
-    one, _ = zipo.apply(params, state, xs[:1], batch["cov"][:1], batch["log_lib"][:1], config=cfg, train=False)
-    np.testing.assert_allclose(np.asarray(full["latent"][:1]), np.asarray(one["latent"]), rtol=1e-5, atol=1e-6)
-    tr_full, _ = zipo.apply(params, state, xs, batch["cov"], batch["log_lib"], config=cfg, train=True)
-    tr_two, _ = zipo.apply(params, state, xs[:2], batch["cov"][:2], batch["log_lib"][:2], config=cfg, train=True)
+    one, _ = zipo.apply(
+        params, state, xs[:1], batch["cov"][:1], batch["log_lib"][:1], config=cfg, train=False
+    )
+    np.testing.assert_allclose(
+        np.asarray(full["latent"][:1]), np.asarray(one["latent"]), rtol=1e-5, atol=1e-6
+    )
+    tr_full, _ = zipo.apply(
+        params, state, xs, batch["cov"], batch["log_lib"], config=cfg, train=True
+    )
+    tr_two, _ = zipo.apply(
+        params, state, xs[:2], batch["cov"][:2], batch["log_lib"][:2], config=cfg, train=True
+    )
     assert not np.allclose(np.asarray(tr_full["latent"][:1]), np.asarray(tr_two["latent"][:1]))
 
 
@@ -152,5 +164,7 @@ def test_prune_first_layer_normalises_per_neuron():
     W = np.array([[1.0, -0.001], [0.5, 0.01], [0.0005, -0.002]], np.float32)
     pruned, frac = zipo.prune_first_layer(W, 0.01)
     # neuron 0: max 1 -> 0.0005 is pruned; neuron 1: max 0.01 -> 0.001 (0.1) kept
-    np.testing.assert_array_equal(pruned, np.array([[1.0, -0.001], [0.5, 0.01], [0.0, -0.002]], np.float32))
+    np.testing.assert_array_equal(
+        pruned, np.array([[1.0, -0.001], [0.5, 0.01], [0.0, -0.002]], np.float32)
+    )
     assert frac == pytest.approx(1 / 6)

@@ -71,8 +71,13 @@ def test_no_recompilation_and_hyper_is_traced():
 
 def test_plateau_and_early_stopping_keep_best():
     sched = ScheduleConfig(
-        learning_rate=0.05, lr_decay=1.0, lr_floor=0.05, plateau_patience=2, plateau_factor=0.5,
-        tol=0.5, early_stopping_patience=4,
+        learning_rate=0.05,
+        lr_decay=1.0,
+        lr_floor=0.05,
+        plateau_patience=2,
+        plateau_factor=0.5,
+        tol=0.5,
+        early_stopping_patience=4,
     )
     res = _run(schedule=sched, max_epochs=50)
     assert res.stopped_early and res.n_epochs < 50
@@ -86,16 +91,31 @@ def test_divergence_is_reported():
     bad = _data(200)
     bad["y"] = bad["y"].at[5].set(jnp.inf)
     res = run_minibatch(
-        _toy_loss, P0, S0, bad, _data(37, 1), rng_key=jax.random.PRNGKey(0), batch_size=16,
-        max_epochs=5, hyper={"l2": jnp.asarray(0.0)},
+        _toy_loss,
+        P0,
+        S0,
+        bad,
+        _data(37, 1),
+        rng_key=jax.random.PRNGKey(0),
+        batch_size=16,
+        max_epochs=5,
+        hyper={"l2": jnp.asarray(0.0)},
     )
     assert res.diverged and res.n_epochs == 1
 
 
 def test_progress_bar_and_no_validation(capsys):
     res = run_minibatch(
-        _toy_loss, P0, S0, _data(200), None, rng_key=jax.random.PRNGKey(0), batch_size=16,
-        max_epochs=2, hyper={"l2": jnp.asarray(0.0)}, progress_bar=True,
+        _toy_loss,
+        P0,
+        S0,
+        _data(200),
+        None,
+        rng_key=jax.random.PRNGKey(0),
+        batch_size=16,
+        max_epochs=2,
+        hyper={"l2": jnp.asarray(0.0)},
+        progress_bar=True,
     )
     assert "val_loss" not in res.history and res.n_epochs == 2
     assert "2/2" in capsys.readouterr().err

@@ -7,7 +7,6 @@ import numbers
 import numpy as np
 from anndata import AnnData
 
-from .. import _keys
 from .._validate import check_adata, check_bool, check_key
 from . import _zipo
 
@@ -68,15 +67,7 @@ def denoise(
     genes, so it needs ``4 * n_obs * n_vars`` bytes).
     """
     check_adata(adata)
-    check_key(key, "key")
-    res = adata.uns.get(_keys.uns_key(key))
-    if not isinstance(res, dict) or "params" not in res:
-        fits = [k for k, v in adata.uns.items() if isinstance(v, dict) and "params" in v]
-        raise KeyError(
-            f"no scnbtools fit under key {key!r} in `adata.uns` (fits found: "
-            f"{', '.join(map(repr, fits)) or 'none'}). Fit a model first, e.g. "
-            f"`snb.tl.fit_zipo(adata, key_added={key!r})`."
-        )
+    res = _zipo.fit_entry(adata, key)
     model = str(res["params"].get("model", "?"))
     if model not in _DENOISERS:
         raise ValueError(

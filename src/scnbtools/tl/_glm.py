@@ -193,7 +193,8 @@ def fit_glm(
         Convergence tolerance: half the squared Newton decrement, in log-likelihood
         units (the estimate is then within ``sqrt(2 tol)`` standard errors of the MLE).
     block_size
-        Genes per block (default: about 4 million cells × genes per block).
+        Genes per block (default: about half a million cells × genes per block, so the
+        per-cell arrays stay in cache).
     rng
         Recorded for reproducibility; the fit itself is deterministic.
     progress_bar
@@ -566,6 +567,14 @@ def _match_group(g, factors: dict):
 
 
 # --------------------------------------------------------------------------- tests
+def _factor_columns(name: str, cols: list[str]) -> list[str]:
+    """Main-effect columns of a factor: ``name[...]``, also when the formula wrapped the
+    variable as ``C(name, ...)`` (quotes normalised as formulaic prints them)."""
+    norm = name.replace('"', "'")
+    prefixes = (f"{name}[", f"{norm}[", f"C({name})[", f"C({name},")
+    return [c for c in cols if c.startswith(prefixes) and ":" not in c]
+
+
 def _contrast_matrix(contrast, columns: list[str], param: str) -> tuple[np.ndarray, str]:
     p = len(columns)
     cols = list(columns)
@@ -574,7 +583,7 @@ def _contrast_matrix(contrast, columns: list[str], param: str) -> tuple[np.ndarr
             C = np.zeros((1, p))
             C[0, cols.index(contrast)] = 1.0
             return C, contrast
-        members = [c for c in cols if c.startswith(f"{contrast}[")]
+        members = _factor_columns(contrast, cols)
         if members:
             C = np.zeros((len(members), p))
             for i, c in enumerate(members):
@@ -582,7 +591,7 @@ def _contrast_matrix(contrast, columns: list[str], param: str) -> tuple[np.ndarr
             return C, contrast
         raise KeyError(
             f"`contrast`={contrast!r} is not a column of the {param} design (columns: "
-            f"{', '.join(map(repr, cols))}) nor a factor whose columns start with '{contrast}['."
+            f"{', '.join(map(repr, cols))}) nor a variable / factor with columns '{contrast}[...]'."
         )
     if isinstance(contrast, Mapping):
         unknown = [k for k in contrast if k not in cols]
@@ -644,8 +653,9 @@ def glm_test(
         ``key_added`` of :func:`fit_glm`.
     contrast
         What to test (``= 0``) among the columns of ``param``'s design: a column name
-        (``"x1"``, ``"C(g)[T.b]"``); a factor name (all its columns jointly, e.g.
-        ``"cell_type"``); a list of column names (jointly); a ``{column: weight}`` dict
+        (``"x1"``, ``"C(g)[T.b]"``); a categorical variable or factor (all its main-effect
+        columns jointly, e.g. ``"cell_type"``, also when the formula wrote
+        ``C(cell_type, ...)``); a list of column names (jointly); a ``{column: weight}`` dict
         (one linear contrast, e.g. ``{"g[T.b]": 1, "g[T.c]": -1}``); or a numeric vector
         (one contrast) or matrix (rows tested jointly).
     param

@@ -185,17 +185,24 @@ def _config_from(res: dict) -> _zipo.ZipoConfig:
     )
 
 
-def zipo_result(adata: AnnData, key: str) -> dict:
-    """``adata.uns[key]`` of a ZiPo fit; KeyError if absent, ValueError for another model."""
+def fit_entry(adata: AnnData, key: str) -> dict:
+    """``adata.uns[key]`` of any scnbtools fit (a dict with ``params``), else a KeyError
+    listing the fits that are there."""
     check_key(key, "key")
     res = adata.uns.get(_keys.uns_key(key))
     if not isinstance(res, dict) or "params" not in res:
         fits = [k for k, v in adata.uns.items() if isinstance(v, dict) and "params" in v]
         raise KeyError(
             f"no scnbtools fit under key {key!r} in `adata.uns` (fits found: "
-            f"{', '.join(map(repr, fits)) or 'none'}). Run `snb.tl.fit_zipo(adata, "
-            f"key_added={key!r})` first, or pass the fitted AnnData as `reference=`."
+            f"{', '.join(map(repr, fits)) or 'none'}). Fit first, e.g. `snb.tl.fit_zipo(adata, "
+            f"key_added={key!r})`, or pass the fitted AnnData as `reference=`."
         )
+    return res
+
+
+def zipo_result(adata: AnnData, key: str) -> dict:
+    """``adata.uns[key]`` of a ZiPo fit; KeyError if absent, ValueError for another model."""
+    res = fit_entry(adata, key)
     model = str(res["params"].get("model", "?"))
     if model != MODEL_NAME:
         raise ValueError(
@@ -235,7 +242,8 @@ def _cell_arrays(adata: AnnData, res: dict, layer: str | None, cells=None) -> di
     if cells is not None:
         X, obs = X[cells], obs.iloc[cells]
     counts = CountData(X, name=name)
-    cov_spec = [dict(c) for c in res.get("covariates", {}).values()]
+    cov_store = res.get("covariates", {})
+    cov_spec = [dict(cov_store[k]) for k in sorted(cov_store, key=int)]  # keys "0", "1", ... in order
     keys = [c["key"] for c in cov_spec]
     cov, _ = _encode_covariates(obs, keys, cov_spec if keys else None)
     return _zipo.cell_arrays(counts, cov)

@@ -306,9 +306,16 @@ _TRACES = [0]  # how often the objective was traced (i.e. a solver compiled)
 
 
 def _glm_fgh(family: GLMFamily, theta, data, shared):
-    """Negative log-likelihood (+ ridge) of one gene term by term, its gradient and Hessian."""
+    """Negative log-likelihood (+ ridge) of one gene term by term, its gradient and Hessian.
+
+    Per-cell work runs in ``theta``'s dtype; the sums over cells (the products with the
+    design matrices) accumulate in the dtype of ``shared["Xacc"]`` (float64 for float32
+    fits: an f32 sum over 5e4 cells would carry ~1e-1 absolute error in the gradient).
+    """
     _TRACES[0] += 1  # Python side effect: runs at trace time only
     X = shared["X"]
+    Xa = shared["Xacc"]
+    acc, cdt = Xa[0].dtype, theta.dtype
     K = len(X)
     sizes = [x.shape[1] for x in X]
     starts = np.concatenate([[0], np.cumsum(sizes)])
@@ -316,19 +323,19 @@ def _glm_fgh(family: GLMFamily, theta, data, shared):
     etas = [shared["off"][k] + X[k] @ th[k] for k in range(K)]
     y = data["y"]
     val, d, h = family.dense(y, *etas)
-    g = [-(X[k].T @ d[k]) for k in range(K)]
+    g = [-(Xa[k].T @ d[k].astype(acc)) for k in range(K)]
     Hb = {}
     for idx, (k, j) in enumerate(_pair_index(K)):
-        Hb[(k, j)] = -(shared["XX"][idx].T @ h[(k, j)]).reshape(sizes[k], sizes[j])
+        Hb[(k, j)] = -(shared["XX"][idx].T @ h[(k, j)].astype(acc)).reshape(sizes[k], sizes[j])
 
     ci = family.count_index
     a, da, d2a = family.count(data["v"], None if ci is None else (shared["ZU"] @ th[ci])[data["u"]])
     w = data["w"]
     if ci is not None:
         U = shared["ZU"].shape[0]
-        gU = jax.ops.segment_sum(w * da, data["u"], num_segments=U)
-        hU = jax.ops.segment_sum(w * d2a, data["u"], num_segments=U)
-        g[ci] = g[ci] - shared["ZU"].T @ gU
+        gU = jax.ops.segment_sum((w * da).astype(acc), data["u"], num_segments=U)
+        hU = jax.ops.segment_sum((w * d2a).astype(acc), data["u"], num_segments=U)
+        g[ci] = g[ci] - shared["ZUacc"].T @ gU
         Hb[(ci, ci)] = Hb[(ci, ci)] - (shared["ZZU"].T @ hU).reshape(sizes[ci], sizes[ci])
 
     rows = []
@@ -336,8 +343,8 @@ def _glm_fgh(family: GLMFamily, theta, data, shared):
         rows.append(
             jnp.concatenate([Hb[(k, j)] if j >= k else Hb[(j, k)].T for j in range(K)], axis=1)
         )
-    H = jnp.concatenate(rows, axis=0)
-    gg = jnp.concatenate(g)
+    H = jnp.concatenate(rows, axis=0).astype(cdt)
+    gg = jnp.concatenate(g).astype(cdt)
     lam = shared["ridge"]
     gg = gg + lam * theta
     H = H + jnp.diag(lam)
@@ -469,7 +476,7 @@ class GLMFit:
         return self.status == "converged"
 
 
-def _auto_block(n_cells: int, n_genes: int, budget: int = 1 << 22) -> int:
+def _auto_block(n_cells: int, n_genes: int, budget: int = 1 << 19) -> int:
     return int(max(1, min(n_genes, budget // max(n_cells, 1))))
 
 
@@ -486,14 +493,21 @@ def _gene_blocks(counts: CountData, block: int):
 
 
 def _covariance(H: np.ndarray) -> np.ndarray:
-    """Inverse of each (symmetrised) Hessian, eigenvalues floored: finite even when singular."""
+    """Inverse of each (symmetrised) Hessian, eigenvalues floored: finite even when singular.
+
+    A direction the data do not determine (e.g. the dispersion of an all-zero gene) gets a
+    huge but finite variance instead of inf/NaN.
+    """
     H = 0.5 * (H + np.swapaxes(H, -1, -2))
-    d = 1.0 / np.sqrt(np.maximum(np.abs(np.diagonal(H, axis1=-2, axis2=-1)), 1e-300))
+    diag = np.abs(np.diagonal(H, axis1=-2, axis2=-1))
+    ok = diag > 1e-200
+    d = np.where(ok, 1.0 / np.sqrt(np.where(ok, diag, 1.0)), 1.0)
     Hs = H * d[..., :, None] * d[..., None, :]
     e, V = np.linalg.eigh(Hs)
-    floor = 1e-12 * np.max(np.abs(e), axis=-1, keepdims=True) + 1e-300
+    floor = np.maximum(1e-12 * np.max(np.abs(e), axis=-1, keepdims=True), 1e-200)
     inv = (V / np.maximum(e, floor)[..., None, :]) @ np.swapaxes(V, -1, -2)
-    return inv * d[..., :, None] * d[..., None, :]
+    cov = inv * d[..., :, None] * d[..., None, :]
+    return np.clip(np.nan_to_num(cov, nan=0.0, posinf=1e300, neginf=-1e300), -1e300, 1e300)
 
 
 def fit_glm_counts(
@@ -530,7 +544,8 @@ def fit_glm_counts(
         Newton iteration cap and convergence tolerance (half squared Newton decrement,
         log-likelihood units).
     block_size
-        Genes per block (default: about 4 million cells × genes per block).
+        Genes per block (default: about half a million cells × genes per block, so the
+        per-cell arrays stay in cache).
     progress
         Called with the number of genes finished after each block.
     """
@@ -562,8 +577,9 @@ def fit_glm_counts(
     col_scale = np.concatenate([np.max(np.abs(D), axis=0) for D in designs])
     max_step = 5.0 / np.maximum(col_scale, 1e-12)
 
-    ctx = jax.enable_x64(True) if dtype == "float64" else jax.enable_x64(False)
-    with ctx:
+    # float64 is enabled (scoped) in both modes: float32 fits do their per-cell work in
+    # float32 and accumulate sums over cells in float64.
+    with jax.enable_x64(True):
         jdt = jnp.float64 if dtype == "float64" else jnp.float32
 
         def arr(x, dt=None):
@@ -576,10 +592,12 @@ def fit_glm_counts(
         ]
         shared = {
             "X": tuple(arr(D) for D in designs),
+            "Xacc": tuple(arr(D, jnp.float64) for D in designs),
             "off": tuple(arr(o) for o in offs),
-            "XX": tuple(arr(x) for x in XX),
+            "XX": tuple(arr(x, jnp.float64) for x in XX),
             "ZU": arr(ZU),
-            "ZZU": arr((ZU[:, :, None] * ZU[:, None, :]).reshape(ZU.shape[0], -1)),
+            "ZUacc": arr(ZU, jnp.float64),
+            "ZZU": arr((ZU[:, :, None] * ZU[:, None, :]).reshape(ZU.shape[0], -1), jnp.float64),
             "ridge": arr(lam),
         }
         sh_start = {
@@ -617,7 +635,7 @@ def fit_glm_counts(
             if nb < block:
                 V_[nb:], U_[nb:], W_[nb:] = V_[nb - 1], U_[nb - 1], W_[nb - 1]
             y = arr(Yt)
-            theta0 = start_fn(y, sh_start)
+            theta0 = start_fn(y, sh_start).astype(jdt)
             theta0 = jnp.where(jnp.isfinite(theta0), theta0, 0.0)
             data = {"y": y, "v": arr(V_), "u": jnp.asarray(U_), "w": arr(W_)}
             res = newton_minimize(
