@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ._core.models.glm import GLMFamily
+from ._core.models.glm import GLMFamily, get_family
 from ._validate import get_matrix
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "clean_column",
     "coef_table",
     "designs_for",
+    "fit_family",
     "fit_record",
     "glm_stats_key",
     "glm_varm_key",
@@ -375,6 +376,17 @@ def fit_record(adata: AnnData, key: str) -> dict:
             f"{', '.join(map(repr, fits)) or 'none'}). Run `snb.tl.fit_glm(adata, key_added={key!r})` first."
         )
     return rec
+
+
+def fit_family(rec: Mapping, param: str | None = None) -> GLMFamily:
+    """The family of a fit record; with ``param``, check that the family has it."""
+    fam = get_family(str(rec["family"]))
+    if param is not None and param not in fam.params:
+        raise ValueError(
+            f"`param`={param!r} is not a parameter of this {fam.name} fit; choose one of "
+            f"{', '.join(map(repr, fam.params))}."
+        )
+    return fam
 
 
 def coef_table(adata: AnnData, key: str, param: str, stat: str = "coef") -> pd.DataFrame:

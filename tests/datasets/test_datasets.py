@@ -13,7 +13,19 @@ from scipy import stats
 import scnbtools as snb
 from scnbtools.datasets import _build_pbmc3k, _pbmc3k, _synthetic
 
-SHARED_PBMC = Path("/work/shared/data/pbmc3k_desc.h5ad")
+# shared/ sits beside the repository checkout (dev machines and CI alike)
+_REPO = Path(__file__).resolve().parents[2]
+SHARED_PBMC = next(
+    (
+        p
+        for p in (
+            _REPO.parent / "shared" / "data" / "pbmc3k_desc.h5ad",
+            Path("/work/shared/data/pbmc3k_desc.h5ad"),
+        )
+        if p.exists()
+    ),
+    _REPO.parent / "shared" / "data" / "pbmc3k_desc.h5ad",
+)
 
 
 def _assert_raw_counts(X) -> None:

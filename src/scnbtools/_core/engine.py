@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import functools
-
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from anndata import AnnData
 
-from .._core.models.glm import get_family
-from .._design import coef_table, fit_record, glm_stats_key
+from .._design import coef_table, fit_family, fit_record, glm_stats_key
 
 __all__ = ["glm_coef", "glm_stats"]
 
@@ -37,13 +36,7 @@ def glm_coef(
     -------
     DataFrame indexed by design column, with the genes as columns.
     """
-    rec = fit_record(adata, key)
-    fam = get_family(str(rec["family"]))
-    if param not in fam.params:
-        raise ValueError(
-            f"`param`={param!r} is not a parameter of this {fam.name} fit; choose one of "
-            f"{', '.join(map(repr, fam.params))}."
-        )
+    fit_family(fit_record(adata, key), param)
     if stat not in _STATS:
         raise ValueError(f"`stat`={stat!r} is not one of {', '.join(map(repr, _STATS))}.")
     df = coef_table(adata, key, param, stat).T.copy()

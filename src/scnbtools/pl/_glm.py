@@ -8,10 +8,10 @@ import scipy.sparse as sp
 from anndata import AnnData
 from matplotlib.axes import Axes
 
-from .._core.models.glm import get_family
 from .._design import (
     coef_table,
     designs_for,
+    fit_family,
     fit_record,
     layer_arg,
     natural_params,
@@ -95,13 +95,7 @@ def glm_coef(
     -------
     The Axes (``show=False``), the Figure (``return_fig=True``) or ``None`` (shown).
     """
-    rec = fit_record(adata, key)
-    fam = get_family(str(rec["family"]))
-    if param not in fam.params:
-        raise ValueError(
-            f"`param`={param!r} is not a parameter of this {fam.name} fit; choose one of "
-            f"{', '.join(map(repr, fam.params))}."
-        )
+    fit_family(fit_record(adata, key), param)
     show, return_fig = check_show(show, return_fig)
     est = coef_table(adata, key, param, "coef")
     se = coef_table(adata, key, param, "se")
@@ -176,7 +170,7 @@ def _model_moments(
     adata: AnnData, rec, key: str, block: int = 4096
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-gene mean and variance of the fitted model over the fitted cells."""
-    fam = get_family(str(rec["family"]))
+    fam = fit_family(rec)
     off = resolve_offset(rec, adata.obs, adata, None)
     designs = designs_for(rec, adata.obs)
     coefs = {p: coef_table(adata, key, p).to_numpy(dtype=np.float64) for p in fam.params}

@@ -40,6 +40,7 @@ from .._design import (
     build_design,
     coef_table,
     designs_for,
+    fit_family,
     fit_record,
     glm_stats_key,
     glm_varm_key,
@@ -63,7 +64,7 @@ from .._validate import (
     resolve_progress,
     resolve_rng,
 )
-from .._version import __version__
+from ._fit import _versions as _fit_versions
 
 __all__ = ["fit_glm", "glm_test", "predict", "simulate"]
 
@@ -72,13 +73,11 @@ _DTYPES = ("float32", "float64")
 
 # --------------------------------------------------------------------------- helpers
 def _versions() -> dict[str, str]:
-    out = {"scnbtools": __version__}
-    for pkg in ("jax", "formulaic", "anndata"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:  # pragma: no cover
-            out[pkg] = "unknown"
-    return out
+    try:
+        formulaic = md.version("formulaic")
+    except md.PackageNotFoundError:  # pragma: no cover
+        formulaic = "unknown"
+    return {**_fit_versions(), "formulaic": formulaic}
 
 
 def _formulas(family: GLMFamily, mean, dispersion, zero_inflation) -> dict[str, str]:
@@ -382,7 +381,7 @@ def predict(
     as the family has them.
     """
     rec = fit_record(adata, key)
-    fam = get_family(str(rec["family"]))
+    fam = fit_family(rec)
     obs_df, source = obs_of(obs, adata)
     off = resolve_offset(rec, obs_df, source, offset)
     etas = linear_predictors(adata, rec, key, obs_df, off)
@@ -490,7 +489,7 @@ def simulate(
     ``adata.var`` and ``uns["simulation"]`` recording how it was made.
     """
     rec = fit_record(adata, key)
-    fam = get_family(str(rec["family"]))
+    fam = fit_family(rec)
     seed = resolve_rng(rng)
     block = check_positive_int(block_size, "block_size")
     if copula not in (None, "gaussian"):
@@ -674,11 +673,7 @@ def glm_test(
     gene's ``converged`` flag.
     """
     rec = fit_record(adata, key)
-    fam = get_family(str(rec["family"]))
-    if param not in fam.params:
-        raise ValueError(
-            f"`param`={param!r} is not a parameter of this {fam.name} fit ({', '.join(fam.params)})."
-        )
+    fam = fit_family(rec, param)
     if method not in ("wald", "lr"):
         raise ValueError(f"`method`={method!r} is not one of 'wald', 'lr'.")
     if method == "lr" and any(float(v) > 0 for v in rec["params"].get("ridge", {}).values()):
