@@ -184,8 +184,9 @@ def fit_glm(
         Precision of a zero-mean Gaussian prior on every non-intercept coefficient
         (``0`` = plain MLE), or a dict per parameter, e.g. ``{"dispersion": 0.1}``.
     dtype
-        ``"float32"`` (default; estimates agree with float64 to ~1e-2 standard errors)
-        or ``"float64"`` (scoped ``jax.enable_x64``; the exact MLE to ~1e-5 SE).
+        ``"float32"`` (default: per-cell work in float32, sums over cells in float64;
+        estimates agree with the float64 MLE to ~1e-3 standard errors, log-likelihoods
+        to ~1e-6 relative) or ``"float64"`` (the exact MLE).
     max_iter
         Maximum Newton iterations (evaluations, counting backtracking) per gene block.
     tol

@@ -23,6 +23,8 @@ Each iteration, for every still-running problem:
    one batched evaluation). The change of ``f`` is summed term by term
    (``sum(terms_new - terms_old)``), so it stays accurate in float32 even when ``|f|``
    is ~1e5 and the change ~1e-3, and the Armijo test allows for its random round-off.
+   Where even the predicted gain (half the decrement) is below that round-off, ``f``
+   cannot judge the step and the (then very accurate) quadratic model is trusted.
 3. Round-off floor: a problem whose long trial steps (step length >= 1/8) keep changing
    ``f`` by less than that round-off (``stall_steps`` times, accepted or not) has
    converged as far as the dtype allows.
@@ -132,8 +134,6 @@ def _solve(fgh, theta0, data, shared, max_step, opts):
 
     def body(state):
         it, theta, terms, g, H, step, dec, alpha, n_acc, status, fresh, stall = state
-        done = ~fresh & ((0.5 * dec <= tol) | (stall >= stall_steps))
-        status = jnp.where((status == _RUNNING) & done, _CONVERGED, status)
         running = status == _RUNNING
         trial = theta + alpha[:, None] * step
         terms1, g1, H1 = vfgh(trial, data, shared)
@@ -142,7 +142,10 @@ def _solve(fgh, theta0, data, shared, max_step, opts):
         change = jnp.sum(terms1 - terms, axis=1)
         noise = slack * eps * jnp.sqrt(jnp.sum(terms * terms, axis=1))
         slope = jnp.sum(g * step, axis=1)  # <= 0: a descent direction
-        ok = finite & (fresh | (change <= armijo * alpha * slope + noise))
+        # Where the predicted gain is below the round-off of f, f cannot judge the step;
+        # the quadratic model is then accurate (within ~0.1 SE of the optimum): take it.
+        trust = fresh | (0.5 * dec <= noise)
+        ok = finite & (trust | (change <= armijo * alpha * slope + noise))
         accept = running & ok
         # Long trial steps (accepted or not) that change f by no more than its round-off:
         # the noise floor is reached. An accepted step with a real gain resets the count.
@@ -161,6 +164,9 @@ def _solve(fgh, theta0, data, shared, max_step, opts):
         failed = running & ~fresh & ~ok & (new_alpha < min_alpha)
         status = jnp.where(failed, _LS_FAILED, status)
         alpha = jnp.where(running, new_alpha, alpha)
+        # converged at the new point: decided now, so no evaluation is spent to notice it
+        done = (0.5 * dec <= tol) | (stall >= stall_steps)
+        status = jnp.where((status == _RUNNING) & done, _CONVERGED, status)
         fresh = jnp.zeros_like(fresh)
         return (it + 1, theta, terms, g, H, step, dec, alpha, n_acc, status, fresh, stall)
 
@@ -170,7 +176,9 @@ def _solve(fgh, theta0, data, shared, max_step, opts):
     done = (0.5 * dec <= tol) | (stall >= stall_steps)
     status = jnp.where((status == _RUNNING) & done, _CONVERGED, status)
     status = jnp.where(status == _RUNNING, _MAX_ITER, status)
-    return theta, jnp.sum(terms, axis=1), g, H, n_acc, it, status
+    # the objective itself in the widest float available (float64 under jax.enable_x64)
+    wide = jax.dtypes.canonicalize_dtype(jnp.float64)
+    return theta, jnp.sum(terms.astype(wide), axis=1), g, H, n_acc, it, status
 
 
 _solve_optimized = jax.jit(_solve, static_argnames=("fgh",))

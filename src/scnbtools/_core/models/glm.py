@@ -12,8 +12,8 @@ Families are registered as data (:data:`FAMILIES`). Each one provides
   derivatives with respect to the linear predictors, per cell (hand-derived,
   stable log-sigmoid forms; verified against autodiff of
   :mod:`scnbtools._core.likelihoods` in the tests);
-* ``count(v, eta_r)`` — the count term ``lgamma(v + r) - lgamma(r) - lgamma(v + 1)``
-  (NB) or ``-lgamma(v + 1)`` (Poisson), which is **zero at v = 0** and depends on the
+* ``count(v, eta_r)`` — the count term ``lgamma(v + r) - lgamma(r)`` (NB; nothing for
+  the Poisson), which is **zero at v = 0** and depends on the
   cell only through ``(v, r)``. It is summed over a per-gene list of
   ``(dispersion-design row, count value, multiplicity)`` triplets of the non-zero
   counts: with ``dispersion="~ 1"`` that is the gene's count histogram, so the
@@ -61,6 +61,9 @@ __all__ = [
 #: Per-gene status codes of a GLM fit (the Newton codes plus ``all_zero``).
 GLM_STATUS: tuple[str, ...] = (*STATUS, "all_zero")
 _ALL_ZERO = len(STATUS)
+_MAX_ITER = STATUS.index("max_iter")
+#: evaluations per block before the unfinished genes are regrouped (see fit_glm_counts)
+_PHASE1_EVALS = 8
 
 # --------------------------------------------------------------------------- special functions
 _SHIFT = 8  # recurrence steps before the asymptotic series (argument >= 8)
@@ -188,16 +191,20 @@ def _zero_inflated(base_dense, n_base):
 
 
 def _nb_count(v, b):
-    """Count term of the NB and its first two derivatives in ``b = log r``."""
+    """Count term of the NB and its first two derivatives in ``b = log r``.
+
+    The constant ``-lgamma(v + 1)`` of every count family is left out here: it does not
+    depend on the parameters and is added to the log-likelihood on the host in float64
+    (:func:`_log_factorials`).
+    """
     r = jnp.exp(b)
     D = digamma_diff(v, r)
     T = trigamma_diff(v, r)
-    a = log_rising(v, r) - jax.lax.lgamma(v + 1.0)
-    return a, r * D, r * D + r * r * T
+    return log_rising(v, r), r * D, r * D + r * r * T
 
 
 def _poisson_count(v, b=None):
-    return -jax.lax.lgamma(v + 1.0), None, None
+    return jnp.zeros_like(v), None, None
 
 
 # --------------------------------------------------------------------------- families
@@ -431,6 +438,12 @@ def _count_triplets(Yt: np.ndarray, group: np.ndarray | None, n_groups: int):
     return rest // n_groups, rest % n_groups, uk % V, w
 
 
+def _log_factorials(triplets, Gb: int) -> np.ndarray:
+    """``sum_i lgamma(y_i + 1)`` per gene of a block, in float64 (from its count triplets)."""
+    gene, _, v, w = triplets
+    return np.bincount(gene, weights=w * sps.gammaln(v + 1.0), minlength=Gb)
+
+
 def _list_length(triplets, Gb: int, n_cells: int, per_cell: bool) -> int:
     """Padded list length: the next power of two (>= 128) of the longest gene's list.
 
@@ -480,16 +493,22 @@ def _auto_block(n_cells: int, n_genes: int, budget: int = 1 << 19) -> int:
     return int(max(1, min(n_genes, budget // max(n_cells, 1))))
 
 
-def _gene_blocks(counts: CountData, block: int):
-    """Yield ``(start, stop, dense genes × cells float64 block)``; sparse is densified per block."""
+def _gene_blocks(counts: CountData, block: int, genes: np.ndarray | None = None):
+    """Yield ``(genes of the block, dense genes × cells float64 block)``.
+
+    Genes in order (``genes=None``) or the given ones; sparse input is densified one block
+    at a time.
+    """
     X = counts.X
     if sp.issparse(X):
         X = X.tocsc()
-    for a in range(0, counts.n_genes, block):
-        b = min(a + block, counts.n_genes)
-        sub = X[:, a:b]
+    genes = np.arange(counts.n_genes) if genes is None else np.asarray(genes)
+    for a in range(0, genes.shape[0], block):
+        idx = genes[a : a + block]
+        contiguous = idx.shape[0] > 0 and idx[-1] - idx[0] == idx.shape[0] - 1
+        sub = X[:, idx[0] : idx[-1] + 1] if contiguous else X[:, idx]
         Yt = sub.T.toarray() if sp.issparse(sub) else np.asarray(sub).T
-        yield a, b, np.asarray(Yt, dtype=np.float64)
+        yield idx, np.asarray(Yt, dtype=np.float64)
 
 
 def _covariance(H: np.ndarray) -> np.ndarray:
@@ -616,43 +635,65 @@ def fit_glm_counts(
         n_iter = np.zeros(G, np.int64)
         status = np.zeros(G, np.int64)
         zero = np.zeros(G, bool)
+        logfact = np.zeros(G)
         # One padded list length for every block (so one compiled solver): a first pass
         # finds the longest list; short lists are kept for the second pass.
         L, kept, kept_size = 128, {}, 0
-        for a, _b, Yt in _gene_blocks(counts, block):
+        for idx, Yt in _gene_blocks(counts, block):
             trip = _count_triplets(Yt, group, n_groups)
             L = max(L, _list_length(trip, Yt.shape[0], n, group is None))
             kept_size += trip[0].shape[0]
             if kept_size <= 1 << 22:
-                kept[a] = trip
-        for a, b, Yt in _gene_blocks(counts, block):
-            nb = b - a
-            zero[a:b] = Yt.sum(axis=1) == 0
-            trip = kept.pop(a) if a in kept else _count_triplets(Yt, group, n_groups)
-            if nb < block:  # pad the last block with copies: one compiled shape
+                kept[int(idx[0])] = trip
+
+        def solve(idx, Yt, trip, theta_init, iters):
+            nb = idx.shape[0]
+            if nb < block:  # pad with copies of the last gene: one compiled shape
                 Yt = np.concatenate([Yt, np.repeat(Yt[-1:], block - nb, axis=0)])
             V_, U_, W_ = _pad_triplets(trip, block, L)
             if nb < block:
                 V_[nb:], U_[nb:], W_[nb:] = V_[nb - 1], U_[nb - 1], W_[nb - 1]
             y = arr(Yt)
-            theta0 = start_fn(y, sh_start).astype(jdt)
-            theta0 = jnp.where(jnp.isfinite(theta0), theta0, 0.0)
+            if theta_init is None:
+                theta0 = start_fn(y, sh_start).astype(jdt)
+                theta0 = jnp.where(jnp.isfinite(theta0), theta0, 0.0)
+            else:
+                theta0 = arr(
+                    np.concatenate([theta_init, np.repeat(theta_init[-1:], block - nb, 0)])
+                )
             data = {"y": y, "v": arr(V_), "u": jnp.asarray(U_), "w": arr(W_)}
             res = newton_minimize(
-                fgh, theta0, data, shared, max_iter=max_iter, tol=tol, max_step=arr(max_step)
+                fgh, theta0, data, shared, max_iter=iters, tol=tol, max_step=arr(max_step)
             )
-            coef[a:b] = res.theta[:nb]
-            hess[a:b] = res.hess[:nb]
-            value[a:b] = res.value[:nb]
-            n_iter[a:b] = res.n_iter[:nb]
-            status[a:b] = res.status[:nb]
+            coef[idx] = res.theta[:nb]
+            hess[idx] = res.hess[:nb]
+            value[idx] = res.value[:nb]
+            n_iter[idx] += res.n_iter[:nb]
+            status[idx] = res.status[:nb]
+
+        # Phase 1: every block for at most `first` evaluations, so one slow gene does not
+        # keep its whole block iterating; phase 2: the unfinished genes, regrouped into
+        # full blocks, continue from where they stopped (same compiled solver).
+        first = min(max_iter, _PHASE1_EVALS)
+        for idx, Yt in _gene_blocks(counts, block):
+            zero[idx] = Yt.sum(axis=1) == 0
+            trip = kept.pop(int(idx[0]), None) or _count_triplets(Yt, group, n_groups)
+            logfact[idx] = _log_factorials(trip, block)[: idx.shape[0]]
+            solve(idx, Yt, trip, None, first)
             if progress is not None:
-                progress(nb)
+                progress(int(np.sum(status[idx] != _MAX_ITER)))
+        rest = np.flatnonzero(status == _MAX_ITER)
+        if rest.size and max_iter > first:
+            for idx, Yt in _gene_blocks(counts, block, rest):
+                trip = _count_triplets(Yt, group, n_groups)
+                solve(idx, Yt, trip, coef[idx], max_iter - first)
+        if progress is not None and rest.size:
+            progress(int(rest.size))
 
     status[zero] = _ALL_ZERO
     vcov = _covariance(hess)
     se = np.sqrt(np.maximum(np.diagonal(vcov, axis1=1, axis2=2), 0.0))
-    loglik = -(value - 0.5 * np.sum(lam * coef * coef, axis=1))
+    loglik = -(value - 0.5 * np.sum(lam * coef * coef, axis=1)) - logfact
     return GLMFit(
         family=family.name,
         coef=coef,
@@ -721,7 +762,3 @@ def sample_counts(
     if "zero_inflation" in params:
         y = np.where(rng.random(mu.shape) < params["zero_inflation"], 0, y)
     return y
-
-
-def gammaln_total(Yt: np.ndarray) -> np.ndarray:  # pragma: no cover - helper for callers
-    return sps.gammaln(Yt + 1.0).sum(axis=1)
