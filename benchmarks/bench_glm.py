@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     REPO_ROOT,
     Stopwatch,
+    fmt,
     machine_info,
     markdown_table,
     run_worker,
@@ -536,7 +537,75 @@ def render(res: dict) -> str:
             zrows,
         )
     )
+    lines += ["", "### Against the targets of issue 4", ""]
+    lines += _targets(res)
     return "\n".join(lines)
+
+
+def _targets(res: dict) -> list[str]:
+    out = []
+    for r in res["nb"]:
+        o, g, s = r["ours"], r["glmgampoi"], r["scdesigner"]
+        size = f"{r['n']:,} × {r['g']:,}"
+        if "cpu_s" in g:
+            ok = g["cpu_s"] >= 2 * o["cpu_s"] and o["err_mean"] <= g["err_mean"] * 1.0001
+            out.append(
+                f"- {size}, glmGamPoi: {fmt(g['cpu_s'] / o['cpu_s'])}× our CPU time "
+                f"({fmt(g['wall_s'] / o['wall_s'])}× wall), mean-coefficient error "
+                f"{fmt(o['err_mean'], 4)} (ours) vs {fmt(g['err_mean'], 4)}, log r error "
+                f"{fmt(o['err_dispersion'], 3)} vs {fmt(g['err_dispersion'], 3)}: target "
+                f"(≤ ½ its time at equal or lower error) {'met' if ok else 'NOT met'}."
+            )
+        if "cpu_s" in s:
+            ratio = s["cpu_s"] / o["cpu_s"]
+            lower = o["err_mean"] < s["err_mean"]
+            text = (
+                f"- {size}, scdesigner: {fmt(ratio)}× our CPU time "
+                f"({fmt(s['wall_s'] / o['wall_s'])}× wall), its mean-coefficient error "
+                f"{fmt(s['err_mean'], 4)} against our {fmt(o['err_mean'], 4)}"
+            )
+            if s["early_stopped"]:
+                verdict = "met" if ratio >= 20 and lower else "not met"
+                text += f" (its own early stopping ended the run): target (≥ 20× at lower error) {verdict}."
+            else:
+                per_epoch = s["cpu_s"] / max(s["epochs"], 1)
+                ref_epochs = next(
+                    (
+                        q["scdesigner"]["epochs"]
+                        for q in res["nb"]
+                        if q["scdesigner"].get("early_stopped")
+                    ),
+                    None,
+                )
+                text += (
+                    f"; the run was cut at its epoch cap ({s['max_epochs']}), before its early "
+                    "stopping, so the ratio is a lower bound"
+                )
+                if ref_epochs:
+                    text += (
+                        f" (at the {ref_epochs} epochs its early stopping took on the smaller data it "
+                        f"would need ≈ {fmt(per_epoch * ref_epochs)} CPU s, "
+                        f"≈ {fmt(per_epoch * ref_epochs / o['cpu_s'])}× ours)"
+                    )
+                text += "."
+            out.append(text)
+    z = res["zinb"]
+    ref = _mean_err(z.get("reference", {}))
+    for key in ("ours_float32", "ours_float64"):
+        v = z.get(key, {})
+        if "err_mean" in v and ref:
+            nan = sum(v.get(f"nan_{p}", 0) for p in ZINB_PARAMS)
+            ratio = _mean_err(v) / ref
+            ok = ratio <= 1.05 and nan == 0
+            out.append(
+                f"- ZINB {key.split('_')[1]}: error {ratio:.4f}× the reference MLE's, "
+                f"{nan} NaN: target (within 1.05×, no NaN) {'met' if ok else 'NOT met'}."
+            )
+    out.append(
+        "- GPU: no GPU was available to this run; the same code runs on one (JAX), but no GPU "
+        "timings were taken."
+    )
+    return out
 
 
 def main() -> None:

@@ -104,9 +104,10 @@ def test_errors_name_the_problem(obs):
         )
     with pytest.raises(ValueError, match="rank deficient"):
         build_design("~ ct + C(ct, contr.treatment('delta'))", obs, param="mean")
-    with pytest.raises(ValueError, match="non-finite"):
-        build_design("~ np.log(t * 0)", obs, param="mean")
-    with pytest.raises(ValueError, match="missing"):
-        build_design("~ np.log(t - 2)", obs, param="mean")
+    with np.errstate(all="ignore"):  # the transforms below are meant to fail
+        with pytest.raises(ValueError, match="non-finite"):
+            build_design("~ np.log(t * 0)", obs, param="mean")
+        with pytest.raises(ValueError, match="missing"):
+            build_design("~ np.log(t - 2)", obs, param="mean")
     with pytest.raises(ValueError, match="only 2 cells"):
         build_design("~ ct + t", obs.iloc[:2], param="mean")

@@ -139,11 +139,12 @@ def test_float64_fit_is_the_reference_mle(family, variant):
         pytest.param("zip", marks=pytest.mark.slow),
     ],
 )
-def test_float32_fit_is_within_a_few_percent_of_a_standard_error(family):
+def test_float32_fit_is_the_reference_mle_too(family):
     _, coef, se, _ = _fit(family, "intercept+offset", "float32")
     ref, _ = _reference(family, "intercept+offset")
-    # float32 round-off in sums over cells limits the optimum to ~1e-2 SE (measured <= 0.01)
-    assert np.max(np.abs(coef - ref) / se) < 0.05
+    # per-cell work in float32, sums over cells in float64: as close as the float64 fit
+    # (measured <= 1e-4 SE for all four families); 2e-3 leaves room for other data
+    assert np.max(np.abs(coef - ref) / se) < 2e-3
 
 
 def test_seed_notebook_nb_experiment(seed_nb_fit64, seed_nb_reference, seed_nb_data):

@@ -9,9 +9,9 @@ For gene ``g`` and cell ``i`` (design matrices shared by all genes, one per para
 Families are registered as data (:data:`FAMILIES`). Each one provides
 
 * ``dense(y, *etas)`` — the log-pmf minus its *count term*, with its first and second
-  derivatives with respect to the linear predictors, per cell (hand-derived,
-  stable log-sigmoid forms; verified against autodiff of
-  :mod:`scnbtools._core.likelihoods` in the tests);
+  derivatives with respect to the linear predictors, per cell (hand-derived, stable
+  log-sigmoid forms; the tests check them against scipy, finite differences and the
+  log-pmfs of :mod:`scnbtools._core.likelihoods`, which ``logpmf`` wraps);
 * ``count(v, eta_r)`` — the count term ``lgamma(v + r) - lgamma(r)`` (NB; nothing for
   the Poisson), which is **zero at v = 0** and depends on the
   cell only through ``(v, r)``. It is summed over a per-gene list of
@@ -23,6 +23,12 @@ The per-gene objective (negative log-likelihood plus an optional ridge) and its 
 gradient and Hessian are assembled from these per-cell derivatives with the design
 matrices (``X' d`` and ``(X ⊙ X)' h`` products, i.e. GEMMs across genes once vmapped)
 and minimised by :func:`scnbtools._core.infer.newton.newton_minimize`.
+
+Float32 fits do the per-cell work in float32 and accumulate the sums over cells in
+float64. Genes are processed in blocks (sparse input is densified one block at a time);
+every block is padded to one shape so one compiled solver serves the whole fit, and
+genes still unfinished after a few iterations are regrouped, so a slow gene does not keep
+its whole block iterating.
 
 Nothing here imports AnnData or pandas.
 """
