@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ._core.summaries import STATS
 
-__all__ = ["STATS", "cell_key", "gene_key", "gene_keys", "uns_key"]
+__all__ = ["STATS", "assignment_key", "cell_key", "gene_key", "gene_keys", "uns_key"]
 
 
 def gene_key(key: str, stat: str) -> str:
@@ -25,3 +25,8 @@ def cell_key(key: str, stat: str) -> str:
 
 def uns_key(key: str) -> str:
     return key
+
+
+def assignment_key(key: str) -> str:
+    """``adata.obsm`` key of a mixture's per-cell component probabilities."""
+    return f"{key}_assignment"

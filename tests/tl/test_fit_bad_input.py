@@ -169,7 +169,7 @@ _BAD_ARGS = [
     ({"key_added": "my key"}, ValueError, r"`key_added` must be a non-empty string of letters"),
     ({"key_added": "a/b"}, ValueError, r"`key_added` must be a non-empty string of letters"),
     ({"key_added": 3}, TypeError, r"`key_added` must be a string, got 3"),
-    ({"inference": "mcmc"}, ValueError, r"`inference`='mcmc' is not one of 'svi', 'map'"),
+    ({"inference": "nuts"}, ValueError, r"`inference`='nuts' is not one of 'svi', 'map', 'mcmc'"),
     ({"guide": "full_rank"}, ValueError, r"`guide`='full_rank' is not one of .*'mean_field'"),
     ({"guide": "map"}, ValueError, r"`guide`='map'.*use `inference='map'`"),
 ]

@@ -1,6 +1,19 @@
 """Bundled small real data and seeded synthetic generators with ground truth."""
 
 from ._pbmc3k import pbmc3k
-from ._synthetic import synthetic_nbdm, synthetic_zinb
+from ._synthetic import (
+    synthetic_mixture,
+    synthetic_nbdm,
+    synthetic_nbvcp,
+    synthetic_zinb,
+    synthetic_zinbvcp,
+)
 
-__all__ = ["pbmc3k", "synthetic_nbdm", "synthetic_zinb"]
+__all__ = [
+    "pbmc3k",
+    "synthetic_mixture",
+    "synthetic_nbdm",
+    "synthetic_nbvcp",
+    "synthetic_zinb",
+    "synthetic_zinbvcp",
+]

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
 from .. import _keys
-from .._core.engine import posterior_draws
-from .._core.models import get_model
+from .._core.models import get_model, spec_from_config
 from .._core.summaries import STATS
 from .._validate import check_positive_int, resolve_rng
 
@@ -52,6 +50,14 @@ def fit_result(adata: AnnData, *, key: str) -> dict:
     return res
 
 
+def fit_spec(res: dict):
+    """The model spec of a stored fit (its configuration is stored with it)."""
+    params = res["params"]
+    if "config" in params:
+        return spec_from_config(params["config"])
+    return get_model(str(params["model"]))
+
+
 def posterior_df(adata: AnnData, *, key: str, param: str) -> pd.DataFrame:
     """Posterior summaries of one parameter as a DataFrame.
 
@@ -71,7 +77,6 @@ def posterior_df(adata: AnnData, *, key: str, param: str) -> pd.DataFrame:
     per-gene parameter, a single row (indexed by the parameter name) for a global one.
     """
     res = fit_result(adata, key=key)
-    spec = get_model(str(res["params"]["model"]))
     glob = res.get("global", {})
     if not isinstance(param, str):
         raise TypeError(f"`param` must be a string, got {param!r}.")
@@ -80,26 +85,36 @@ def posterior_df(adata: AnnData, *, key: str, param: str) -> pd.DataFrame:
         return pd.DataFrame(
             {s: [float(g[s])] for s in STATS}, index=pd.Index([param], name="param")
         )
-    if param not in spec.gene_outputs:
-        valid = [*glob.keys(), *spec.gene_outputs]
+    for store, names, index in (
+        (adata.varm, _keys.gene_key, adata.var_names),
+        (adata.obsm, _keys.cell_key, adata.obs_names),
+    ):
+        first = store.get(names(key, "mean"))
+        if isinstance(first, pd.DataFrame) and param in first.columns:
+            cols = {}
+            for stat in STATS:
+                k = names(key, stat)
+                if k not in store:
+                    raise KeyError(
+                        f"`{k}` is missing (removed or subset away?); refit with "
+                        f"`key_added={key!r}`."
+                    )
+                cols[stat] = np.asarray(store[k][param], dtype=np.float64)
+            return pd.DataFrame(cols, index=index.copy())
+    valid = list(glob.keys())
+    for store, names in ((adata.varm, _keys.gene_key), (adata.obsm, _keys.cell_key)):
+        first = store.get(names(key, "mean"))
+        if isinstance(first, pd.DataFrame):
+            valid += list(first.columns)
+    if _keys.gene_key(key, "mean") not in adata.varm:
         raise KeyError(
-            f"`param`={param!r} is not a parameter of this {spec.name} fit; choose one of "
-            f"{', '.join(map(repr, valid))}."
+            f"`adata.varm[{_keys.gene_key(key, 'mean')!r}]` is missing (removed or subset "
+            f"away?); refit with `key_added={key!r}`."
         )
-    cols = {}
-    for stat in STATS:
-        vkey = _keys.gene_key(key, stat)
-        if vkey not in adata.varm:
-            raise KeyError(
-                f"`adata.varm[{vkey!r}]` is missing (removed or subset away?); refit with "
-                f"`key_added={key!r}`."
-            )
-        df = adata.varm[vkey]
-        cols[stat] = np.asarray(
-            df[param] if isinstance(df, pd.DataFrame) else df[:, spec.gene_outputs.index(param)],
-            dtype=np.float64,
-        )
-    return pd.DataFrame(cols, index=adata.var_names.copy())
+    raise KeyError(
+        f"`param`={param!r} is not a parameter of this {res['params'].get('spec', res['params']['model'])} "
+        f"fit; choose one of {', '.join(map(repr, valid))}."
+    )
 
 
 def posterior_samples(
@@ -126,9 +141,10 @@ def posterior_samples(
     ``{param: array}`` for every latent and derived parameter: per-gene ones are
     ``[n_samples, n_genes]``, global ones ``[n_samples]``.
     """
+    from ..tl._nb_write import redraw
+
     res = fit_result(adata, key=key)
-    spec = get_model(str(res["params"]["model"]))
+    spec = fit_spec(res)
     n = check_positive_int(n_samples, "n_samples")
     seed = resolve_rng(rng)
-    params = {k: np.asarray(v) for k, v in res["variational_params"].items()}
-    return posterior_draws(spec, str(res["params"]["guide"]), params, jax.random.PRNGKey(seed), n)
+    return redraw(spec, res, n, seed)

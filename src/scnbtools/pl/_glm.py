@@ -201,20 +201,28 @@ def mean_variance(
     show: bool | None = None,
     return_fig: bool = False,
 ):
-    """Per-gene variance against mean: observed counts and the fitted GLM.
+    """Per-gene variance against mean: observed counts and the fitted model.
 
-    The model's per-gene mean and variance average the fitted cell-level distributions
-    over the fitted cells (law of total variance, zero inflation included), so a good
-    fit puts the model points on the observed ones; the dashed line is the Poisson
-    variance (``var = mean``).
+    Works for GLM fits (:func:`scnbtools.tl.fit_glm`) and NB-family fits
+    (:func:`scnbtools.tl.fit`: NBDM, ZINB, NBVCP, ZINBVCP, mixtures). The model's per-gene
+    mean and variance average the fitted cell-level distributions over the fitted cells
+    (law of total variance, zero inflation included), so a good fit puts the model points
+    on the observed ones; the dashed line is the Poisson variance (``var = mean``).
+
+    For NB-family fits the moments are those of the posterior means of the parameters
+    (NumPyro convention, ``p̂_c = p ν_c / (1 - p (1 - ν_c))``): NB variance
+    ``m + m²/r``; with a gate ``π`` the mean ``(1 - π) m`` and variance
+    ``(1 - π)(m + m²/r) + π (1 - π) m²``; a capture model averages the cells' moments over
+    their fitted ``ν_c`` (``E = mean_c m_c``, ``Var = mean_c v_c + var_c m_c``); a mixture
+    uses the mixture moments with the fitted mixing weights.
 
     Parameters
     ----------
     adata
-        AnnData fitted with :func:`scnbtools.tl.fit_glm` (its counts are read from the
-        fit's layer).
+        AnnData fitted with :func:`scnbtools.tl.fit_glm` or :func:`scnbtools.tl.fit` (its
+        counts are read from the fit's layer).
     key
-        ``key_added`` of the fit.
+        ``key_added`` of the fit (a GLM or an NB-family fit).
     ax
         Matplotlib Axes to draw on; ``None`` creates a figure.
     show
@@ -226,6 +234,12 @@ def mean_variance(
     -------
     The Axes (``show=False``), the Figure (``return_fig=True``) or ``None`` (shown).
     """
+    # imported here: _nb_moments reads this module's helpers
+    from ._nb_moments import check_any_fit, is_nb_fit, nb_mean_variance
+
+    check_any_fit(adata, key)
+    if is_nb_fit(adata, key):
+        return nb_mean_variance(adata, key=key, ax=ax, show=show, return_fig=return_fig)
     rec = fit_record(adata, key)
     show, return_fig = check_show(show, return_fig)
     X, _ = get_matrix(adata, layer_arg(rec))

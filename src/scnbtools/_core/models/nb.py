@@ -77,6 +77,15 @@ def _init_zinb(mean, var):
 
 NBDM = ModelSpec(
     name="nbdm",
+    config={
+        "base": "nbdm",
+        "parameterization": "canonical",
+        "n_components": 1,
+        "mixture_params": (),
+        "capture": False,
+        "capture_prior": "beta",
+        "zero_inflated": False,
+    },
     description="Negative binomial–Dirichlet multinomial: NB(r_g, p) with one shared p.",
     sites=(_P, _R),
     default_priors={k: _DEFAULT_PRIORS[k] for k in ("p", "r")},
@@ -92,6 +101,15 @@ NBDM = ModelSpec(
 
 ZINB = ModelSpec(
     name="zinb",
+    config={
+        "base": "zinb",
+        "parameterization": "canonical",
+        "n_components": 1,
+        "mixture_params": (),
+        "capture": False,
+        "capture_prior": "beta",
+        "zero_inflated": True,
+    },
     description="Zero-inflated NB: dropout gate π_g mixed with NB(r_g, p), one shared p.",
     sites=(_P, _R, _GATE),
     default_priors=dict(_DEFAULT_PRIORS),

@@ -1,0 +1,173 @@
+"""``tl.compare_models``: WAIC / PSIS-LOO comparison of NB-family fits stored in one AnnData."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .._core import loo
+from .._core.engine import cell_logliks, cell_rows
+from .._core.pointwise import gene_loglik_draws
+from .._validate import check_adata, check_bool, check_key, check_positive_int, counts_from, resolve_rng
+from ..get._posterior import fit_result, fit_spec
+from ._nb_write import redraw
+
+__all__ = ["compare_models"]
+
+_UNITS = ("auto", "cell", "gene")
+
+
+def _pointwise(adata, key, res, spec, unit, n_samples, seed):
+    layer = res["params"].get("layer", "X")
+    counts = counts_from(adata, None if layer == "X" else layer, allow_empty_genes=True)
+    if int(res.get("n_cells", counts.n_cells)) != counts.n_cells:
+        raise ValueError(
+            f"the fit {key!r} was made on {int(res['n_cells'])} cells but adata has "
+            f"{counts.n_cells}; compare fits on the AnnData they were fitted to."
+        )
+    draws = redraw(spec, res, n_samples, seed)
+    if unit == "gene":
+        return gene_loglik_draws(spec, draws, counts)
+    cfg = spec.config
+    shift = None
+    if cfg.get("capture") and cfg.get("capture_prior") == "truncnormal":
+        shift = -np.log(counts.cell_totals())
+    ann = None
+    if int(cfg["n_components"]) > 1 and res["params"].get("annotation_key"):
+        from ._nb_options import _check_components
+
+        K, _, labels = _check_components(
+            int(cfg["n_components"]), res["params"]["annotation_key"], adata
+        )
+        ann = np.zeros((counts.n_cells, K), np.float32)
+        has = labels >= 0
+        ann[np.flatnonzero(has), labels[has]] = float(res["params"]["annotation_confidence"])
+    rows = cell_rows(counts, None, shift, ann)
+    d32 = {k: np.asarray(v, dtype=np.float32) for k, v in draws.items()}
+    _, ll = cell_logliks(spec, d32, rows, n_max=n_samples)
+    return ll
+
+
+def compare_models(
+    adata: AnnData,
+    *,
+    keys: Sequence[str],
+    criterion: str = "loo",
+    unit: str = "auto",
+    n_samples: int = 200,
+    rng: int | np.random.Generator = 0,
+    key_added: str = "model_comparison",
+    copy: bool = False,
+) -> pd.DataFrame:
+    """Compare NB-family fits of the same data by WAIC or PSIS-LOO.
+
+    The expected log pointwise predictive density (elpd) of each fit is estimated from
+    ``n_samples`` posterior draws; higher is better. This answers e.g. "NB or ZINB for my
+    data?": fit both (``tl.fit_nbdm``, ``tl.fit_zinb``) and compare.
+
+    Parameters
+    ----------
+    adata
+        AnnData holding every fit in ``keys`` (same cells, genes and count layer).
+    keys
+        ``key_added`` of two or more fits.
+    criterion
+        ``"loo"`` (PSIS-LOO, with Pareto-k diagnostics; k > 0.7 flags unreliable units) or
+        ``"waic"``.
+    unit
+        What is left out: ``"cell"`` (a cell's whole count vector; mixtures must be
+        compared this way) or ``"gene"`` (a gene's counts in every cell). ``"auto"`` uses
+        genes when a capture model (``nbvcp``, ``zinbvcp``) without mixture components is
+        compared — its per-cell capture probability is a cell-local parameter, so leaving a
+        cell out is ill-posed — and cells otherwise. For single-component fits the per-gene
+        comparison is also computed when ``unit="cell"``.
+    n_samples
+        Posterior draws used (MCMC fits: resampled from the stored draws).
+    rng
+        Seed for the draws.
+    key_added
+        ``adata.uns`` key of the result.
+    copy
+        ``True``: only return the table and leave ``adata`` untouched (nothing to copy:
+        the result is a table, not a modified AnnData).
+
+    Returns
+    -------
+    The comparison table (index: fit keys, best first) with columns ``rank``, ``elpd``,
+    ``se``, ``p_eff``, ``elpd_diff`` (best minus this fit, ≥ 0), ``se_diff``, ``n_bad_k``
+    (units with Pareto k > 0.7; 0 for WAIC) and ``weight`` (pseudo-BMA). Also written
+    (unless ``copy=True``) to ``adata.uns[key_added]``: ``table``, ``criterion``, ``unit``,
+    ``per_gene`` (per-gene elpd of each fit as ``elpd_<key>``, the ``preferred`` fit and
+    its ``elpd_margin`` over the runner-up; single-component fits only) and ``params``.
+    Plot it with :func:`scnbtools.pl.model_comparison`.
+    """
+    check_adata(adata)
+    if isinstance(keys, str) or not isinstance(keys, Sequence):
+        raise TypeError(f"`keys` must be a list of fit keys, got {keys!r}.")
+    keys = [check_key(k, "keys") for k in keys]
+    if len(keys) < 2:
+        raise ValueError(f"`keys` must name at least two fits to compare, got {keys!r}.")
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"`keys` has duplicates: {keys!r}.")
+    if criterion not in ("loo", "waic"):
+        raise ValueError(f"`criterion`={criterion!r} is not one of 'loo', 'waic'.")
+    if unit not in _UNITS:
+        raise ValueError(f"`unit`={unit!r} is not one of {', '.join(map(repr, _UNITS))}.")
+    n_samples = check_positive_int(n_samples, "n_samples", 2)
+    seed = resolve_rng(rng)
+    key_added = check_key(key_added)
+    copy = check_bool(copy, "copy")
+    fits = {}
+    for k in keys:
+        res = fit_result(adata, key=k)
+        if str(res["params"].get("model")) not in ("nbdm", "zinb", "nbvcp", "zinbvcp"):
+            raise ValueError(f"fit {k!r} is not an NB-family fit; compare_models needs NB-family fits.")
+        fits[k] = (res, fit_spec(res))
+    layers = {str(r["params"].get("layer", "X")) for r, _ in fits.values()}
+    if len(layers) > 1:
+        raise ValueError(f"the fits use different count layers ({sorted(layers)}); they must share the data.")
+    mixtures = [k for k, (_, s) in fits.items() if s.n_components > 1]
+    capture = [k for k, (_, s) in fits.items() if s.config.get("capture")]
+    if unit == "auto":
+        unit = "gene" if (capture and not mixtures) else "cell"
+    if unit == "gene" and mixtures:
+        raise ValueError(
+            f"per-gene comparison is not defined for mixtures ({', '.join(mixtures)}): a cell's "
+            "component couples all its genes. Use unit='cell'."
+        )
+    score = loo.psis_loo if criterion == "loo" else loo.waic
+    results = {k: score(_pointwise(adata, k, r, s, unit, n_samples, seed)) for k, (r, s) in fits.items()}
+    table = pd.DataFrame(loo.compare(results, criterion=criterion)).set_index("model")
+    table.index = table.index.astype(str)
+    entry = {
+        "table": table,
+        "criterion": criterion,
+        "unit": unit,
+        "params": {
+            "keys": list(keys),
+            "criterion": criterion,
+            "unit": unit,
+            "n_samples": n_samples,
+            "rng": seed,
+        },
+    }
+    if not mixtures:
+        gene_res = (
+            results
+            if unit == "gene"
+            else {k: score(_pointwise(adata, k, r, s, "gene", n_samples, seed)) for k, (r, s) in fits.items()}
+        )
+        per_gene = pd.DataFrame(
+            {f"elpd_{k}": np.asarray(v["elpd_i"], dtype=np.float64) for k, v in gene_res.items()},
+            index=adata.var_names.copy(),
+        )
+        best, margin = loo.preferred_per_unit({k: v["elpd_i"] for k, v in gene_res.items()})
+        per_gene["preferred"] = pd.Categorical(np.asarray(best, dtype=str), categories=list(keys))
+        per_gene["elpd_margin"] = np.asarray(margin, dtype=np.float64)
+        entry["per_gene"] = per_gene
+    if not copy:
+        adata.uns[key_added] = entry
+    return table
