@@ -20,6 +20,7 @@ GENE_COLUMNS = {"zinb": ["r", "gate", "mu", "rho"], "nbdm": ["r", "mu", "rho"]}
 #: documented ``uns[key]`` entries
 UNS_KEYS = {
     "params",
+    "components",
     "global",
     "loss",
     "learning_rate",

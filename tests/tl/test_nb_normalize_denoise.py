@@ -73,7 +73,7 @@ def zinb_gated():
     x = rng.negative_binomial(r, 0.3, size=(n, g))  # numpy's p = 1 - p: mean 7
     gate = np.where(np.arange(g) < 5, 0.6, 0.02)
     x = x * (rng.uniform(size=(n, g)) >= gate)
-    x[:, 0] += (x.sum(axis=1) == 0)
+    x[:, 0] += x.sum(axis=1) == 0
     return _fit(_adata(x), model="zinb", inference="map", n_steps=1000, key_added="zinb")
 
 
@@ -86,7 +86,7 @@ def nbvcp_map():
     lam = rng.gamma(r, 4.0, size=(n, g))
     nu = rng.uniform(0.2, 1.0, n)
     x = rng.poisson(nu[:, None] * lam)
-    x[:, 0] += (x.sum(axis=1) == 0)
+    x[:, 0] += x.sum(axis=1) == 0
     return _fit(_adata(x), model="nbvcp", inference="map", n_steps=1000, key_added="nbvcp")
 
 
@@ -99,7 +99,7 @@ def mixture():
     high = np.arange(g) < g // 2
     r = np.where((labels == "A")[:, None] == high[None, :], 8.0, 0.3)
     x = rng.negative_binomial(r, 0.4)  # NumPyro p = 0.6
-    x[:, 0] += (x.sum(axis=1) == 0)
+    x[:, 0] += x.sum(axis=1) == 0
     a = _adata(x, labels)
     return _fit(a, model="nbdm", n_components=2, n_steps=600, key_added="mix")
 
@@ -167,7 +167,9 @@ def test_dense_and_sparse_agree_and_pca_runs(fitted_nbdm):
     dense.X = a.X.toarray()
     snb.tl.normalize(a, key="nbdm", log=True)
     snb.tl.normalize(dense, key="nbdm", log=True)
-    np.testing.assert_allclose(a.layers["nbdm_fractions"], dense.layers["nbdm_fractions"], rtol=1e-6)
+    np.testing.assert_allclose(
+        a.layers["nbdm_fractions"], dense.layers["nbdm_fractions"], rtol=1e-6
+    )
     sc.pp.pca(a, layer="nbdm_fractions", n_comps=5)
     assert a.obsm["X_pca"].shape == (a.n_obs, 5)
     assert np.all(np.isfinite(a.obsm["X_pca"]))
@@ -248,7 +250,9 @@ def test_mixture_fractions_follow_the_cells_component(mixture):
     # independent P(k | x_c) per draw: log w_k + Σ_g log NB(x | r_k, p) (SciPy's p = 1 - p)
     ll = np.log(d["w"])[:, None, :] + np.stack(
         [
-            stats.nbinom.logpmf(x[None], d["r"][:, k, None, :], 1 - d["p"][:, k, None, None]).sum(-1)
+            stats.nbinom.logpmf(x[None], d["r"][:, k, None, :], 1 - d["p"][:, k, None, None]).sum(
+                -1
+            )
             for k in range(2)
         ],
         axis=-1,

@@ -217,16 +217,23 @@ def _model_data(spec: ModelSpec, counts: CountData, batch_size, extras: Mapping[
             return histogram_arrays(counts.gene_histograms(), spec), None, None, "hist"
         rows = counts.padded_rows()
         source = {"cols": jnp.asarray(rows.cols), "vals": jnp.asarray(rows.vals)}
-        return None, make_row_batch_fn(counts.n_cells, counts.n_genes, int(batch_size)), source, "dense"
+        return (
+            None,
+            make_row_batch_fn(counts.n_cells, counts.n_genes, int(batch_size)),
+            source,
+            "dense",
+        )
     layout = data_layout(spec.config)
     lib = counts.cell_totals()
     shift = extras.get("prior_shift")
     cell_extra = {"lib": jnp.asarray(lib, jnp.float32)}
     if shift is not None:
         cell_extra["prior_shift"] = jnp.asarray(shift, jnp.float32)
-    grid = histogram_arrays(counts.gene_histograms(), NBDM) if (
-        layout in ("hist", "capture_hist") or spec.n_components == 1
-    ) else {}
+    grid = (
+        histogram_arrays(counts.gene_histograms(), NBDM)
+        if (layout in ("hist", "capture_hist") or spec.n_components == 1)
+        else {}
+    )
     if batch_size is None and layout == "hist":
         return grid, None, None, layout
     if batch_size is None and layout == "capture_hist" and "surv_gene" in grid:
@@ -234,13 +241,20 @@ def _model_data(spec: ModelSpec, counts: CountData, batch_size, extras: Mapping[
         return grid, None, None, layout
     host = cell_rows(counts, lib, shift, extras.get("ann"))
     if spec.n_components > 1:
-        host["big_cols"], host["big_vals"] = big_entry_rows(host["cols"], host["vals"], counts.n_genes)
+        host["big_cols"], host["big_vals"] = big_entry_rows(
+            host["cols"], host["vals"], counts.n_genes
+        )
     src = {k: jnp.asarray(v) for k, v in host.items()}
     if "surv_gene" not in grid:
         grid = {}
     if batch_size is None:
         return {**grid, **src}, None, None, "rows"
-    return (grid or None), make_cell_batch_fn(counts.n_cells, int(batch_size)), src, "rows_minibatch"
+    return (
+        (grid or None),
+        make_cell_batch_fn(counts.n_cells, int(batch_size)),
+        src,
+        "rows_minibatch",
+    )
 
 
 def fit_gene_model(
@@ -286,8 +300,14 @@ def fit_gene_model(
     )
     mean, var = counts.gene_moments()
     if spec.init_fn is not None:
-        ctx = {"mean": mean, "var": var, "lib": counts.cell_totals(), "seed": int(rng),
-               "priors": priors, **extras}
+        ctx = {
+            "mean": mean,
+            "var": var,
+            "lib": counts.cell_totals(),
+            "seed": int(rng),
+            "priors": priors,
+            **extras,
+        }
         init = spec.init_fn(ctx)
     else:
         init = spec.init_values(mean, var)
@@ -442,9 +462,14 @@ def cell_logliks(spec, draws, rows, n_max: int = 100):
         stop = min(start + _CELL_CHUNK, N)
         idx = np.arange(start, start + _CELL_CHUNK)
         idx = np.minimum(idx, N - 1)  # pad the last chunk by repeating the last cell
-        p, ll = fn(sub, jnp.asarray(idx), jnp.asarray(rows["cols"][idx]),
-                   jnp.asarray(rows["vals"][idx]), jnp.asarray(rows["lib"][idx]),
-                   jnp.asarray(ann_all[idx]))
+        p, ll = fn(
+            sub,
+            jnp.asarray(idx),
+            jnp.asarray(rows["cols"][idx]),
+            jnp.asarray(rows["vals"][idx]),
+            jnp.asarray(rows["lib"][idx]),
+            jnp.asarray(ann_all[idx]),
+        )
         probs[start:stop] = np.asarray(p)[: stop - start]
         lls[:, start:stop] = np.asarray(ll)[:, : stop - start]
     return probs, lls

@@ -58,7 +58,9 @@ def _gene_fn(spec_name: str, n_genes: int, capture: bool, zi: bool):
         def chunk_zero(idx):
             lph = logit_ph[idx][:, None]
             valid = (idx >= 0)[:, None]
-            z = jnp.logaddexp(log_sigmoid(gl)[None, :], log_sigmoid(-gl)[None, :] + r[None, :] * log_sigmoid(-lph))
+            z = jnp.logaddexp(
+                log_sigmoid(gl)[None, :], log_sigmoid(-gl)[None, :] + r[None, :] * log_sigmoid(-lph)
+            )
             return jnp.sum(jnp.where(valid, z, 0.0), axis=0)
 
         return ll + jnp.sum(jax.lax.map(chunk_zero, chunks), axis=0)
@@ -66,7 +68,9 @@ def _gene_fn(spec_name: str, n_genes: int, capture: bool, zi: bool):
     return jax.jit(fn)
 
 
-def gene_loglik_draws(spec: ModelSpec, draws: Mapping[str, np.ndarray], counts: CountData) -> np.ndarray:
+def gene_loglik_draws(
+    spec: ModelSpec, draws: Mapping[str, np.ndarray], counts: CountData
+) -> np.ndarray:
     """``[S, G]`` per-gene log-likelihoods, one row per posterior draw (single-component
     models only)."""
     if spec.n_components != 1:

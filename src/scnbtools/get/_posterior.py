@@ -50,6 +50,17 @@ def fit_result(adata: AnnData, *, key: str) -> dict:
     return res
 
 
+def component_names(res: dict, n_components: int | None = None) -> list[str]:
+    """Component names of a stored NB-family fit, in component order (``uns[key]
+    ["components"]`` is ``{"0": name, ...}``); ``component_<k>`` when absent."""
+    comps = res.get("components")
+    if isinstance(comps, dict):
+        return [str(comps[k]) for k in sorted(comps, key=int)]
+    if comps is not None:
+        return [str(c) for c in np.asarray(comps).ravel().tolist()]
+    return [f"component_{k}" for k in range(int(n_components or 0))]
+
+
 def fit_spec(res: dict):
     """The model spec of a stored fit (its configuration is stored with it)."""
     params = res["params"]
@@ -85,9 +96,9 @@ def posterior_df(adata: AnnData, *, key: str, param: str) -> pd.DataFrame:
         return pd.DataFrame(
             {s: [float(g[s])] for s in STATS}, index=pd.Index([param], name="param")
         )
-    for store, names, index in (
-        (adata.varm, _keys.gene_key, adata.var_names),
-        (adata.obsm, _keys.cell_key, adata.obs_names),
+    for slot, store, names, index in (
+        ("varm", adata.varm, _keys.gene_key, adata.var_names),
+        ("obsm", adata.obsm, _keys.cell_key, adata.obs_names),
     ):
         first = store.get(names(key, "mean"))
         if isinstance(first, pd.DataFrame) and param in first.columns:
@@ -96,7 +107,7 @@ def posterior_df(adata: AnnData, *, key: str, param: str) -> pd.DataFrame:
                 k = names(key, stat)
                 if k not in store:
                     raise KeyError(
-                        f"`{k}` is missing (removed or subset away?); refit with "
+                        f"`adata.{slot}[{k!r}]` is missing (removed or subset away?); refit with "
                         f"`key_added={key!r}`."
                     )
                 cols[stat] = np.asarray(store[k][param], dtype=np.float64)

@@ -20,6 +20,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from .. import _keys, get
 from .._core.models import get_model
 from .._validate import check_bool, check_positive_int, get_matrix, resolve_rng
+from ..get._posterior import component_names
 from ._nb_moments import FitKind, canonical_draws, fit_kind, point_params
 from ._utils import check_show, finish, make_axes
 
@@ -399,7 +400,7 @@ def _assignment(adata: AnnData, key: str, res: Mapping, kind: FitKind) -> np.nda
             f"missing; refit with `key_added={key!r}`."
         )
     stored = adata.obsm[ak]
-    comps = [str(c) for c in np.asarray(res.get("components", []))]
+    comps = component_names(res)
     if isinstance(stored, pd.DataFrame) and comps and all(c in stored.columns for c in comps):
         a = stored[comps].to_numpy(dtype=np.float64)
     else:
@@ -611,7 +612,7 @@ def _cell_panels(
     nu_mean = None
     if kind.capture:
         nu_mean = values["nu"][:, cell_idx].mean(axis=0)
-    comps = [str(n) for n in np.asarray(get.fit_result(adata, key=key).get("components", []))]
+    comps = component_names(get.fit_result(adata, key=key))
     panels = []
     for i, c in enumerate(cell_idx):
         order = np.argsort(pred_mean[i], kind="stable")
@@ -948,7 +949,7 @@ def capture(
     rho = float(spearmanr(lib[pos], mean[pos]).statistic)
     labels = None
     if kind.n_components > 1:
-        comps = [str(c) for c in np.asarray(res.get("components", []))]
+        comps = component_names(res)
         labels = np.argmax(_assignment(adata, key, res, kind), axis=1)
     else:
         pt = point_params(adata, key)
@@ -1057,9 +1058,7 @@ def mixture_composition(
         )
     show, return_fig = check_show(show, return_fig)
     K = kind.n_components
-    comps = [
-        str(c) for c in np.asarray(res.get("components", [f"component_{k}" for k in range(K)]))
-    ]
+    comps = [str(c) for c in component_names(res, K)]
     glob = res.get("global", {})
     names = [f"mixing_weights_{k}" for k in range(K)]
     if not all(n in glob for n in names):

@@ -17,7 +17,10 @@ from matplotlib.axes import Axes
 
 from .. import _keys, get
 from .._validate import get_matrix
-from ..get._posterior import fit_spec
+from ..get._posterior import (
+    component_names,
+    fit_spec,
+)
 from ._glm import _gene_stats
 from ._utils import check_show, finish, make_axes
 
@@ -197,9 +200,7 @@ def point_params(adata: AnnData, key: str) -> NBPoint:
     weights = global_param("mixing_weights") if K > 1 else None
     if K > 1 and weights is None:
         raise KeyError(f"`adata.uns[{key!r}]['global']` has no mixing weights; {_refit(key)}.")
-    comps = [
-        str(c) for c in np.asarray(res.get("components", [f"component_{k}" for k in range(K)]))
-    ]
+    comps = [str(c) for c in component_names(res, K)]
     return NBPoint(r, p, gate, nu, weights, comps)
 
 

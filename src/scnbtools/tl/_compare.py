@@ -11,7 +11,14 @@ from anndata import AnnData
 from .._core import loo
 from .._core.engine import cell_logliks, cell_rows
 from .._core.pointwise import gene_loglik_draws
-from .._validate import check_adata, check_bool, check_key, check_positive_int, counts_from, resolve_rng
+from .._validate import (
+    check_adata,
+    check_bool,
+    check_key,
+    check_positive_int,
+    counts_from,
+    resolve_rng,
+)
 from ..get._posterior import fit_result, fit_spec
 from ._nb_write import redraw
 
@@ -124,11 +131,15 @@ def compare_models(
     for k in keys:
         res = fit_result(adata, key=k)
         if str(res["params"].get("model")) not in ("nbdm", "zinb", "nbvcp", "zinbvcp"):
-            raise ValueError(f"fit {k!r} is not an NB-family fit; compare_models needs NB-family fits.")
+            raise ValueError(
+                f"fit {k!r} is not an NB-family fit; compare_models needs NB-family fits."
+            )
         fits[k] = (res, fit_spec(res))
     layers = {str(r["params"].get("layer", "X")) for r, _ in fits.values()}
     if len(layers) > 1:
-        raise ValueError(f"the fits use different count layers ({sorted(layers)}); they must share the data.")
+        raise ValueError(
+            f"the fits use different count layers ({sorted(layers)}); they must share the data."
+        )
     mixtures = [k for k, (_, s) in fits.items() if s.n_components > 1]
     capture = [k for k, (_, s) in fits.items() if s.config.get("capture")]
     if unit == "auto":
@@ -139,7 +150,9 @@ def compare_models(
             "component couples all its genes. Use unit='cell'."
         )
     score = loo.psis_loo if criterion == "loo" else loo.waic
-    results = {k: score(_pointwise(adata, k, r, s, unit, n_samples, seed)) for k, (r, s) in fits.items()}
+    results = {
+        k: score(_pointwise(adata, k, r, s, unit, n_samples, seed)) for k, (r, s) in fits.items()
+    }
     table = pd.DataFrame(loo.compare(results, criterion=criterion)).set_index("model")
     table.index = table.index.astype(str)
     entry = {
@@ -158,7 +171,10 @@ def compare_models(
         gene_res = (
             results
             if unit == "gene"
-            else {k: score(_pointwise(adata, k, r, s, "gene", n_samples, seed)) for k, (r, s) in fits.items()}
+            else {
+                k: score(_pointwise(adata, k, r, s, "gene", n_samples, seed))
+                for k, (r, s) in fits.items()
+            }
         )
         per_gene = pd.DataFrame(
             {f"elpd_{k}": np.asarray(v["elpd_i"], dtype=np.float64) for k, v in gene_res.items()},

@@ -195,7 +195,7 @@ def fit(
       cell (columns = component names);
     * ``adata.uns[key]``: ``params`` (every argument, versions, seed, model configuration),
       ``global`` (summaries of ``p`` (``p_0, ...`` when component-specific), ``phi``,
-      ``mixing_weights_k``), ``components``, ``loss`` and ``learning_rate`` traces,
+      ``mixing_weights_k``), ``components`` (``{"0": name, ...}``), ``loss`` and ``learning_rate`` traces,
       ``converged``, ``n_steps_run``, ``runtime_s`` and ``variational_params`` (all plain
       NumPy, so the posterior can be redrawn after ``write_h5ad`` / ``write_zarr``); for
       MCMC ``samples`` and ``mcmc`` (worst R-hat, smallest bulk ESS per parameter,
@@ -260,8 +260,15 @@ def fit(
     try:
         if inference == "mcmc":
             result = run_mcmc_fit(
-                adata, spec, counts, opts, seed=seed, init_from=init_from,
-                num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                adata,
+                spec,
+                counts,
+                opts,
+                seed=seed,
+                init_from=init_from,
+                num_warmup=num_warmup,
+                num_samples=num_samples,
+                num_chains=num_chains,
                 progress_bar=show,
             )
         else:
@@ -311,7 +318,7 @@ def fit(
             "guide_rank": 0 if guide_rank is None else int(guide_rank),
             "parameterization": parameterization,
             "n_components": int(spec.n_components),
-            "mixture_params": list(spec.config.get("mixture_params", ())),
+            "mixture_params": ",".join(spec.config.get("mixture_params", ())),
             "capture_prior": str(spec.config.get("capture_prior", "beta")),
             "annotation_key": "" if annotation_key is None else annotation_key,
             "annotation_confidence": float(annotation_confidence),
@@ -330,7 +337,8 @@ def fit(
                 for k, (f, h) in opts.priors.items()
             },
             "config": {
-                k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.config.items()
+                k: (",".join(v) if isinstance(v, tuple | list) else v)
+                for k, v in spec.config.items()
             },
             "versions": _versions(),
         },
@@ -343,7 +351,7 @@ def _model_fit(name: str):
     """``tl.fit`` with ``model`` fixed to ``name``: same keyword-only signature otherwise."""
     sig = inspect.signature(fit)
     params = [
-        (p.replace(default=name) if p.name == "key_added" else p)
+        (p.replace(default=name, annotation="str") if p.name == "key_added" else p)
         for p in sig.parameters.values()
         if p.name != "model"
     ]

@@ -48,6 +48,7 @@ from .._validate import (
     counts_from,
     resolve_rng,
 )
+from ..get._posterior import component_names
 
 __all__ = ["NB_DENOISE_KINDS", "NB_MODELS", "check_target", "nb_denoised", "normalize"]
 
@@ -403,7 +404,7 @@ def _annotation_boost(res, adata, K: int) -> np.ndarray | None:
             f"the fit used `annotation_key`={ann_key!r}, which is not a column of `adata.obs` "
             "any more; restore it (its labels enter each cell's component probabilities)."
         )
-    comps = [str(c) for c in np.asarray(res.get("components", [])).tolist()]
+    comps = component_names(res)
     col = adata.obs[ann_key]
     labels = np.array(["" if v is None or v != v else str(v) for v in col.tolist()], dtype=object)
     ann = np.zeros((adata.n_obs, K), np.float32)

@@ -40,12 +40,16 @@ class NBOptions:
     labels: np.ndarray | None  # integer component per cell, -1 unlabelled
 
 
-def _check_components(n_components, annotation_key, adata) -> tuple[int, list[str], np.ndarray | None]:
+def _check_components(
+    n_components, annotation_key, adata
+) -> tuple[int, list[str], np.ndarray | None]:
     cats: list[str] | None = None
     labels = None
     if annotation_key is not None:
         if not isinstance(annotation_key, str):
-            raise TypeError(f"`annotation_key` must be a column name of adata.obs, got {annotation_key!r}.")
+            raise TypeError(
+                f"`annotation_key` must be a column name of adata.obs, got {annotation_key!r}."
+            )
         if annotation_key not in adata.obs.columns:
             raise KeyError(
                 f"`annotation_key`={annotation_key!r} is not a column of adata.obs; "
@@ -141,7 +145,9 @@ def resolve_options(
             f"`parameterization`={parameterization!r} is not one of "
             f"{', '.join(map(repr, PARAMETERIZATIONS))}."
         )
-    base = str(model).lower()
+    if not isinstance(model, str):
+        raise TypeError(f"`model` must be a string, got {type(model).__name__}.")
+    base = model.lower()
     if base not in BASES:
         resolve_spec(base)  # raises the registry's error for unknown names
     K, names, labels = _check_components(n_components, annotation_key, adata)
@@ -164,10 +170,16 @@ def resolve_options(
             )
         if not mixture_params:
             raise ValueError("`mixture_params` is empty; name at least one parameter or use None.")
-    if isinstance(annotation_confidence, bool) or not isinstance(annotation_confidence, numbers.Real):
-        raise TypeError(f"`annotation_confidence` must be a number >= 0, got {annotation_confidence!r}.")
+    if isinstance(annotation_confidence, bool) or not isinstance(
+        annotation_confidence, numbers.Real
+    ):
+        raise TypeError(
+            f"`annotation_confidence` must be a number >= 0, got {annotation_confidence!r}."
+        )
     if not np.isfinite(annotation_confidence) or annotation_confidence < 0:
-        raise ValueError(f"`annotation_confidence` must be a finite number >= 0, got {annotation_confidence!r}.")
+        raise ValueError(
+            f"`annotation_confidence` must be a finite number >= 0, got {annotation_confidence!r}."
+        )
     user_priors, capture_prior = _split_priors(priors, base)
     spec = resolve_spec(
         base,
@@ -213,17 +225,29 @@ def _resolve_batch_size(batch_size, spec: ModelSpec, counts: CountData) -> int |
         return None
     if isinstance(batch_size, str):
         if batch_size != "auto":
-            raise ValueError(f"`batch_size` must be 'auto', None or a positive integer, got {batch_size!r}.")
+            raise ValueError(
+                f"`batch_size` must be 'auto', None or a positive integer, got {batch_size!r}."
+            )
         layout = data_layout(spec.config) if spec.loglik is not None else "hist"
         if layout in ("hist", "capture_hist"):
             return None
-        width = counts.n_genes if (spec.config["capture"] and spec.config["zero_inflated"]) else int(
-            np.max(np.diff(counts.X.tocsr().indptr)) if counts.is_sparse else counts.n_genes
+        width = (
+            counts.n_genes
+            if (spec.config["capture"] and spec.config["zero_inflated"])
+            else int(
+                np.max(np.diff(counts.X.tocsr().indptr)) if counts.is_sparse else counts.n_genes
+            )
         )
         per_cell = max(width, 1) * spec.n_components
         if N * per_cell <= _STEP_BUDGET:
             return None
         return int(min(N, max(256, (_STEP_BUDGET // per_cell) // 128 * 128)))
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be 'auto', None or a positive integer, got {batch_size!r}.")
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, numbers.Integral)
+        or batch_size < 1
+    ):
+        raise ValueError(
+            f"`batch_size` must be 'auto', None or a positive integer, got {batch_size!r}."
+        )
     return int(min(int(batch_size), N)) if int(batch_size) < N else None

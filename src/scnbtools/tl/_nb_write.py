@@ -46,7 +46,9 @@ def order_components(spec: ModelSpec, fit: GeneFit) -> GeneFit:
     for k, v in fit.params.items():
         site = _site_of_param(spec, k)
         comp = site is not None and (site.components or site.support == "simplex")
-        params[k] = np.asarray(v)[perm] if comp and np.ndim(v) >= 1 and np.shape(v)[0] == perm.size else v
+        params[k] = (
+            np.asarray(v)[perm] if comp and np.ndim(v) >= 1 and np.shape(v)[0] == perm.size else v
+        )
     K = perm.size
 
     def perm_stats(d):
@@ -59,7 +61,9 @@ def order_components(spec: ModelSpec, fit: GeneFit) -> GeneFit:
     glob = {n: perm_stats(d) for n, d in fit.global_summaries.items()}
     assignment = None if fit.assignment is None else fit.assignment[:, perm]
     samples = getattr(fit, "samples", None)
-    out = replace(fit, params=params, gene_summaries=gene, global_summaries=glob, assignment=assignment)
+    out = replace(
+        fit, params=params, gene_summaries=gene, global_summaries=glob, assignment=assignment
+    )
     if samples is not None:
         out.samples = samples
     return out
@@ -200,7 +204,8 @@ def write_fit(
     entry: dict[str, Any] = {
         "params": params,
         "global": _global_dict(fit),
-        "components": np.asarray(opts.components, dtype=str),
+        # {"0": name, ...}: plain str values (string arrays do not survive every round trip)
+        "components": {str(k): str(name) for k, name in enumerate(opts.components)},
         "loss": np.asarray(fit.losses, dtype=np.float64),
         "learning_rate": np.asarray(fit.lr_trace, dtype=np.float64),
         "converged": bool(fit.converged),

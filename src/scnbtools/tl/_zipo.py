@@ -243,7 +243,9 @@ def _cell_arrays(adata: AnnData, res: dict, layer: str | None, cells=None) -> di
         X, obs = X[cells], obs.iloc[cells]
     counts = CountData(X, name=name)
     cov_store = res.get("covariates", {})
-    cov_spec = [dict(cov_store[k]) for k in sorted(cov_store, key=int)]  # keys "0", "1", ... in order
+    cov_spec = [
+        dict(cov_store[k]) for k in sorted(cov_store, key=int)
+    ]  # keys "0", "1", ... in order
     keys = [c["key"] for c in cov_spec]
     cov, _ = _encode_covariates(obs, keys, cov_spec if keys else None)
     return _zipo.cell_arrays(counts, cov)

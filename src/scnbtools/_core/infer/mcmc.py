@@ -30,9 +30,11 @@ class MCMCResult:
 
 def _to64(tree):
     return jax.tree_util.tree_map(
-        lambda a: jnp.asarray(a, dtype=jnp.float64)
-        if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)
-        else jnp.asarray(a),
+        lambda a: (
+            jnp.asarray(a, dtype=jnp.float64)
+            if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating)
+            else jnp.asarray(a)
+        ),
         tree,
     )
 
@@ -57,7 +59,9 @@ def run_nuts(
     with jax.enable_x64(True):
         data64 = _to64(dict(data))
         if init_values is not None:
-            init = init_to_value(values={k: jnp.asarray(v, jnp.float64) for k, v in init_values.items()})
+            init = init_to_value(
+                values={k: jnp.asarray(v, jnp.float64) for k, v in init_values.items()}
+            )
         else:
             init = init_to_median(num_samples=15)
         kernel = NUTS(model, init_strategy=init, target_accept_prob=target_accept_prob)

@@ -77,6 +77,8 @@ def resolve_spec(
 def spec_from_config(config) -> ModelSpec:
     """Rebuild a spec from the ``config`` stored with a fit (``uns[key]['params']['config']``)."""
     mp = config.get("mixture_params", ())
+    if isinstance(mp, str):  # stored comma-joined (plain types only in uns)
+        mp = [m for m in mp.split(",") if m]
     return resolve_spec(
         str(config["base"]),
         parameterization=str(config.get("parameterization", "canonical")),

@@ -30,7 +30,11 @@ def component_means_from_labels(counts: CountData, labels: np.ndarray, n_compone
         if idx.size == 0:
             continue
         sub = X[idx]
-        tot = np.asarray(sub.sum(axis=0, dtype=np.float64)).ravel() if sp.issparse(sub) else sub.sum(0)
+        tot = (
+            np.asarray(sub.sum(axis=0, dtype=np.float64)).ravel()
+            if sp.issparse(sub)
+            else sub.sum(0)
+        )
         means[k] = np.asarray(tot, dtype=np.float64).reshape(G) / idx.size
         weights[k] = idx.size + 1.0
     return means, weights / weights.sum()

@@ -232,15 +232,22 @@ def dense_loglik(spec: ModelSpec, values: Mapping[str, Any], x):
 
 
 # ----------------------------------------------------------------------------- model and guides
-def _sample_site(s: LatentSite, d: dist.Distribution, n_genes: int, n_components: int,
-                 n_cells: int | None, idx=None):
+def _sample_site(
+    s: LatentSite,
+    d: dist.Distribution,
+    n_genes: int,
+    n_components: int,
+    n_cells: int | None,
+    idx=None,
+):
     """Sample one latent site in its plate (cell sites subsampled by ``idx``)."""
     if s.support == "simplex":
         return numpyro.sample(s.name, d)
     if s.plate == "gene":
         if s.components:
-            with numpyro.plate("genes", n_genes, dim=-1), numpyro.plate(
-                "gene_components", n_components, dim=-2
+            with (
+                numpyro.plate("genes", n_genes, dim=-1),
+                numpyro.plate("gene_components", n_components, dim=-2),
             ):
                 return numpyro.sample(s.name, d.expand((n_components, n_genes)))
         with numpyro.plate("genes", n_genes):
@@ -398,7 +405,9 @@ def guide_dist(
     ``offset`` shifts the unconstrained location (linked coordinates of the default guide).
     """
     if kind == "map":
-        return dist.Delta(params[f"{site.name}_map"], event_dim=1 if site.support == "simplex" else 0)
+        return dist.Delta(
+            params[f"{site.name}_map"], event_dim=1 if site.support == "simplex" else 0
+        )
     if site.support == "simplex":
         return dist.Dirichlet(params[f"{site.name}_concentration"])
     if _beta_family(kind, site):
@@ -443,7 +452,9 @@ def _offset(spec: ModelSpec, kind: str, site: LatentSite, values: Mapping[str, A
     if kind != "hierarchical" or site.support == "simplex":
         return 0.0
     aligned = {
-        name: _align(v, spec.site(name), site) for name, v in values.items() if name in spec.site_names
+        name: _align(v, spec.site(name), site)
+        for name, v in values.items()
+        if name in spec.site_names
     }
     off = spec.guide_links[site.name](aligned) if site.name in spec.guide_links else 0.0
     if params is None:
@@ -471,7 +482,9 @@ def _subset_cells(spec: ModelSpec, params: Mapping[str, Any], idx) -> dict[str, 
 
 def guide_param_names_all(spec: ModelSpec, site: LatentSite) -> tuple[str, ...]:
     """Every variational parameter name a site can have, whatever the guide kind."""
-    names = {f"{site.name}_{suf}" for suf in ("map", "loc", "scale", "alpha", "beta", "concentration")}
+    names = {
+        f"{site.name}_{suf}" for suf in ("map", "loc", "scale", "alpha", "beta", "concentration")
+    }
     names |= {n for _, n in _coupling_names(spec, site)}
     return tuple(sorted(names))
 
@@ -598,11 +611,12 @@ def build_lowrank_guide(spec, rank: int, init, n_genes: int, n_cells: int | None
             dist.LowRankMultivariateNormal(loc, W, diag),
             infer={"is_auxiliary": True},
         )
-        for s, shape, part in _split(u, blocks):
+        for s, _shape, part in _split(u, blocks):
             value, logdet = _to_constrained(s, part)
             # the same plates / event shapes as the model's site
-            _sample_site(s, dist.Delta(value, log_density=-logdet), n_genes,
-                         spec.n_components, n_cells)
+            _sample_site(
+                s, dist.Delta(value, log_density=-logdet), n_genes, spec.n_components, n_cells
+            )
         for s in simplex:
             conc = numpyro.param(
                 f"{s.name}_concentration",
@@ -629,5 +643,7 @@ def sample_lowrank(spec: ModelSpec, params: Mapping[str, Any], key, n: int) -> d
     out = {s.name: _to_constrained(s, part)[0] for s, _, part in _split(u, blocks)}
     for s in spec.sites:
         if s.support == "simplex":
-            out[s.name] = dist.Dirichlet(jnp.asarray(params[f"{s.name}_concentration"])).sample(k2, (n,))
+            out[s.name] = dist.Dirichlet(jnp.asarray(params[f"{s.name}_concentration"])).sample(
+                k2, (n,)
+            )
     return out

@@ -165,7 +165,7 @@ def rise_table(r, J: int):
     i = jnp.arange(J, dtype=r.dtype)
     terms = jnp.where(i == 0, jnp.log(r)[..., None], jnp.log1p((r[..., None] - 1.0) / (i + 1.0)))
     cum = jnp.cumsum(terms, axis=-1)
-    return jnp.concatenate([jnp.zeros(r.shape + (1,), r.dtype), cum], axis=-1)
+    return jnp.concatenate([jnp.zeros((*r.shape, 1), r.dtype), cum], axis=-1)
 
 
 def _rise_rows(r_pad, cols, vals, big_cols=None, big_vals=None, J=None):
@@ -195,7 +195,7 @@ def component_loglik(values, cfg, cols, vals, lib, ann=None, rise=True, big=None
     """
     c = canonical(values, cfg)
     r, logit_p = c["r"], c["logit_p"]  # [K, G], [K]
-    K, G = r.shape
+    K, _G = r.shape
     log_nu = _log_nu(values, cfg)
     # logit p̂ per cell and component: [B, K] (or [1, K] without capture)
     logit_ph = logit_p[None, :] if log_nu is None else logit_p[None, :] + log_nu[:, None]
@@ -209,26 +209,21 @@ def component_loglik(values, cfg, cols, vals, lib, ann=None, rise=True, big=None
         else:
             ll = ll + _rise_rows(r_pad, cols, vals, big["big_cols"], big["big_vals"], big["J"])
     R = jnp.sum(r, axis=1)  # [K]
-    if "gate_logit" not in c:
-        ll = ll + R[None, :] * log_1m_ph
-    else:
+    ll = ll + R[None, :] * log_1m_ph
+    if "gate_logit" in c:
+        # with a = log(1 - p̂): log P(0) = log(1 - π) + r a + softplus(logit π - r a) and
+        # log P(x > 0) = log(1 - π) + [NB part], so the gate adds Σ_g log(1 - π_g) plus
+        # softplus(logit π - r a) over the zeros = over all genes minus over the non-zeros
         gl = c["gate_logit"]
-        log_gate, log_keep = log_sigmoid(gl), log_sigmoid(-gl)  # [K, G]
+        ll = ll + jnp.sum(log_sigmoid(-gl), axis=1)[None, :]
+        gl_pad = jnp.concatenate([gl, jnp.zeros((K, 1), r.dtype)], axis=1)
+        a_kb = log_1m_ph.T[:, :, None]  # [K, B or 1, 1]
         nz = vals > 0
-        lk_pad = jnp.concatenate([log_keep, jnp.zeros((K, 1), r.dtype)], axis=1)
-        lg_pad = jnp.concatenate([log_gate, jnp.zeros((K, 1), r.dtype)], axis=1)
-        l1m = log_1m_ph.T[:, :, None]  # [K, B, 1]
-        # non-zero entries: log(1 - π) + r log(1 - p̂) - log P(0), the rest is rise + x log p̂
-        lp0_e = jnp.logaddexp(lg_pad[:, cols], lk_pad[:, cols] + r_e * l1m)
-        corr = jnp.where(nz[None], lk_pad[:, cols] + r_e * l1m - lp0_e, 0.0)
-        ll = ll + jnp.sum(corr, axis=-1).T
-        if log_nu is None:
-            zero = jnp.sum(jnp.logaddexp(log_gate, log_keep + r * log_1m_ph.T), axis=1)  # [K]
-            ll = ll + zero[None, :]
-        else:
-            # ZINBVCP: Σ_g log P(0 | cell) is the one dense [K, B, G] term
-            zero = jnp.logaddexp(log_gate[:, None, :], log_keep[:, None, :] + r[:, None, :] * l1m)
-            ll = ll + jnp.sum(zero, axis=-1).T
+        sp_nz = jnp.where(nz[None], jax.nn.softplus(gl_pad[:, cols] - r_e * a_kb), 0.0)
+        ll = ll - jnp.sum(sp_nz, axis=-1).T
+        # all genes: [K, G] without capture, the one dense [K, B, G] term with it
+        sp_all = jax.nn.softplus(gl[:, None, :] - r[:, None, :] * a_kb)
+        ll = ll + jnp.sum(sp_all, axis=-1).T
     return ll + _log_mix_prior(values, cfg, ann)
 
 
@@ -425,9 +420,15 @@ def make_nb_spec(
             f"{', '.join(map(repr, PARAMETERIZATIONS))}."
         )
     K = int(n_components)
-    mp = tuple(
-        default_mixture_params(base, parameterization) if mixture_params is None else mixture_params
-    ) if K > 1 else ()
+    mp = (
+        tuple(
+            default_mixture_params(base, parameterization)
+            if mixture_params is None
+            else mixture_params
+        )
+        if K > 1
+        else ()
+    )
     capture = base in ("nbvcp", "zinbvcp")
     cap = capture_prior if capture else "beta"
     key = (base, parameterization, K, mp, cap)
