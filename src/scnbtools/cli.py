@@ -153,6 +153,11 @@ def _fit(args: argparse.Namespace) -> int:
     _check_output(dst)
     adata = _read(src)
     kwargs = {} if args.n_steps is None else {"n_steps": args.n_steps}
+    if args.n_components is not None:
+        kwargs["n_components"] = args.n_components
+    if args.annotation_key is not None:
+        kwargs["annotation_key"] = args.annotation_key
+    kwargs["parameterization"] = args.parameterization
     t0 = time.perf_counter()
     tl.fit(
         adata,
@@ -230,7 +235,9 @@ def _parser() -> argparse.ArgumentParser:
         "--out", required=True, metavar="OUT.h5ad", help="where to write the fitted AnnData"
     )
     fit.add_argument(
-        "--model", default="zinb", help="registered model name, e.g. zinb, nbdm (default: zinb)"
+        "--model",
+        default="zinb",
+        help="registered model name: nbdm, zinb, nbvcp, zinbvcp (default: zinb)",
     )
     fit.add_argument(
         "--layer", default=None, metavar="L", help="layer with raw counts (default: X)"
@@ -252,7 +259,29 @@ def _parser() -> argparse.ArgumentParser:
         "--seed", type=_nonnegative_int, default=0, metavar="S", help="random seed (default: 0)"
     )
     fit.add_argument(
-        "--inference", default="svi", choices=("svi", "map"), help="svi (default) or map"
+        "--inference",
+        default="svi",
+        choices=("svi", "map", "mcmc"),
+        help="svi (default), map, or mcmc (NUTS; small data)",
+    )
+    fit.add_argument(
+        "--parameterization",
+        default="canonical",
+        choices=("canonical", "mean_prob", "mean_odds"),
+        help="sampled parameters (default: canonical)",
+    )
+    fit.add_argument(
+        "--n-components",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="mixture components (default: 1, or the categories of --annotation-key)",
+    )
+    fit.add_argument(
+        "--annotation-key",
+        default=None,
+        metavar="COL",
+        help="obs column of cell labels used as a soft prior on mixture components",
     )
     fit.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     fit.set_defaults(func=_fit)
