@@ -79,13 +79,15 @@ def posterior_df(adata: AnnData, *, key: str, param: str) -> pd.DataFrame:
     key
         The fit's ``key_added``.
     param
-        A per-gene parameter (``r``, ``gate`` for ZINB, ``mu``, ``rho``) or a global one
-        (``p``).
+        A per-gene parameter (``r``, ``gate`` for zero-inflated models, ``mu``, ``rho``;
+        ``r_0``, ``r_1``, ... for mixtures), a per-cell one (``nu``, ``eta`` for capture
+        models) or a global one (``p``, ``phi``, ``mixing_weights_0``, ...).
 
     Returns
     -------
     Columns ``mean, sd, q05, q50, q95``; one row per gene (indexed by ``var_names``) for a
-    per-gene parameter, a single row (indexed by the parameter name) for a global one.
+    per-gene parameter, one per cell (``obs_names``) for a per-cell one, a single row
+    (indexed by the parameter name) for a global one.
     """
     res = fit_result(adata, key=key)
     glob = res.get("global", {})
