@@ -8,7 +8,7 @@ configuration where they can (the session's persistent compilation cache, set up
 from __future__ import annotations
 
 import pytest
-from nbfamily_helpers import MIX_SHAPE, MIX_SIM, fit_quiet
+from nbfamily_helpers import MIX_SHAPE, MIX_SIM, NB_SHAPE, NB_STEPS, fit_quiet
 
 import scnbtools as snb
 
@@ -28,3 +28,21 @@ def mixture_fit(mixture_sim):
     before = a.copy()
     out = fit_quiet(a, model="nbdm", n_components=3, n_steps=500, rng=0, key_added="mix", copy=True)
     return a, before, out
+
+
+@pytest.fixture(scope="session")
+def nb_pair():
+    """``nb_pair(kind, seed)``: ``synthetic_<kind>(1000, 100, rng=seed)`` (kind ``"nbdm"`` or
+    ``"zinb"``) with canonical NBDM and ZINB fits under keys ``"nbdm"`` and ``"zinb"``
+    (cached per argument pair; never mutate the result, take ``.copy()``)."""
+    cache = {}
+
+    def get(kind: str, seed: int):
+        if (kind, seed) not in cache:
+            a = getattr(snb.datasets, f"synthetic_{kind}")(*NB_SHAPE, rng=seed)
+            for model in ("nbdm", "zinb"):
+                fit_quiet(a, model=model, n_steps=NB_STEPS, rng=seed)
+            cache[kind, seed] = a
+        return cache[kind, seed]
+
+    return get

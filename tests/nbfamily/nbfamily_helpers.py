@@ -18,6 +18,10 @@ QUIET = {"progress_bar": False, "n_posterior_samples": 500}
 MIX_SIM = {"n_components": 3, "separation": 1.0, "marker_fraction": 0.2, "r_prior": (1.0, 1.0)}
 MIX_SHAPE = (500, 100)
 
+#: the single-component NBDM / ZINB data (default generators) and fit length
+NB_SHAPE = (1000, 100)
+NB_STEPS = 3000
+
 
 def fit_quiet(adata, **kwargs):
     """``snb.tl.fit`` without the progress bar and without the not-converged warning (the
