@@ -18,7 +18,10 @@ So the rule is "the true model ranks first", with the runner-up at least 10 (ZIN
 or 2 (NBDM data) ``se_diff`` behind, and per-gene preference fractions >= 0.55 / 0.8.
 
 NUTS (200 cells × 10 genes of ``synthetic_nbdm``, 2 chains × (200 warm-up + 200 draws),
-started from an SVI fit of 3,000 steps), seeds 0–5: __MCMC__
+started from an SVI fit of 3,000 steps), seeds 0–5 (the test uses seed 0): largest R-hat 1.029, smallest bulk ESS 54, no
+divergences; |SVI mean - NUTS mean| / NUTS sd of r at most 0.10–0.20 per seed, of p at most
+0.10; SVI sd / NUTS sd of r 0.85–1.13. Bounds: R-hat < 1.05, ESS >= 30, r within 0.3 sd,
+p within 0.16 sd, sd ratio in [0.78, 1.2] (1.5 × the worst seed's deviation).
 
 The test seeds were picked among those calibrated so that all data sets of a kind have the
 same padded histogram sizes and cell-row widths: fits and comparisons after the first then
@@ -89,7 +92,9 @@ def test_comparison_table_and_per_gene_table(comparisons, kind):
     assert np.all(np.isfinite(pg[["elpd_nbdm", "elpd_zinb", "elpd_margin"]].to_numpy()))
     better = np.where(pg["elpd_zinb"] > pg["elpd_nbdm"], "zinb", "nbdm")
     assert np.array_equal(pg["preferred"].astype(str).to_numpy(), better)
-    np.testing.assert_allclose(pg["elpd_margin"], np.abs(pg["elpd_zinb"] - pg["elpd_nbdm"]), rtol=1e-9)
+    np.testing.assert_allclose(
+        pg["elpd_margin"], np.abs(pg["elpd_zinb"] - pg["elpd_nbdm"]), rtol=1e-9
+    )
     # the per-gene table is the gene-unit comparison, gene by gene (same draws: same rng)
     for key in ("nbdm", "zinb"):
         np.testing.assert_allclose(pg[f"elpd_{key}"].sum(), genes.loc[key, "elpd"], rtol=1e-6)
@@ -112,8 +117,15 @@ def nuts():
     a = snb.datasets.synthetic_nbdm(200, 10, rng=0)
     fit_quiet(a, model="nbdm", n_steps=3000, rng=0, key_added="svi", n_posterior_samples=1000)
     fit_quiet(
-        a, model="nbdm", inference="mcmc", init_from="svi", num_warmup=200, num_samples=200,
-        num_chains=2, rng=0, key_added="mcmc",
+        a,
+        model="nbdm",
+        inference="mcmc",
+        init_from="svi",
+        num_warmup=200,
+        num_samples=200,
+        num_chains=2,
+        rng=0,
+        key_added="mcmc",
     )
     return a
 
@@ -124,29 +136,33 @@ def test_nuts_converges_and_stores_its_draws(nuts):
     r_hat = res["mcmc"]["r_hat"]
     assert set(r_hat) == {"p", "r"}
     assert max(r_hat.values()) < 1.05, r_hat
-    assert min(res["mcmc"]["ess_bulk"].values()) >= __MIN_ESS__, res["mcmc"]["ess_bulk"]
+    assert min(res["mcmc"]["ess_bulk"].values()) >= 30, res["mcmc"]["ess_bulk"]
     assert res["mcmc"]["n_divergences"] == 0
     assert res["converged"]
     assert res["samples"]["r"].shape == (400, 10) and res["samples"]["p"].shape == (400,)
     # the summaries are those of the stored draws
     r = res["samples"]["r"]
     np.testing.assert_allclose(nuts.varm["mcmc_mean"]["r"], r.mean(axis=0), rtol=1e-6)
-    np.testing.assert_allclose(nuts.varm["mcmc_sd"]["r"], r.std(axis=0, ddof=0), rtol=0.02)
+    np.testing.assert_allclose(nuts.varm["mcmc_sd"]["r"], r.std(axis=0, ddof=1), rtol=1e-6)
 
 
 def test_nuts_agrees_with_svi(nuts):
+    # the chains forget their starting point (SVI's medians) during the 200 warm-up steps:
+    # over seeds, this run and one started at the prior median agreed to within 0.15 sd
     m, sd = nuts.varm["mcmc_mean"]["r"], nuts.varm["mcmc_sd"]["r"]
     z = np.abs(nuts.varm["svi_mean"]["r"] - m) / sd
-    assert z.max() <= __R_Z__, z
+    assert z.max() <= 0.3, z
     ratio = nuts.varm["svi_sd"]["r"] / sd
-    assert ratio.between(__SD_LO__, __SD_HI__).all(), ratio
+    assert ratio.between(0.78, 1.2).all(), ratio
     p_svi, p_mc = nuts.uns["svi"]["global"]["p"], nuts.uns["mcmc"]["global"]["p"]
-    assert abs(p_svi["mean"] - p_mc["mean"]) <= __P_Z__ * p_mc["sd"]
+    assert abs(p_svi["mean"] - p_mc["mean"]) <= 0.16 * p_mc["sd"]
 
 
 def test_init_from_must_be_a_fit_of_the_same_model(nuts, assert_adata_identical):
     a = nuts.copy()
     before = a.copy()
-    with pytest.raises(ValueError, match=r"`init_from`='svi' is a nbdm fit, not zinb; fit the same model"):
+    with pytest.raises(
+        ValueError, match=r"`init_from`='svi' is a nbdm fit, not zinb; fit the same model"
+    ):
         snb.tl.fit(a, model="zinb", inference="mcmc", init_from="svi", progress_bar=False)
     assert_adata_identical(a, before)

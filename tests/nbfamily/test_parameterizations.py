@@ -18,6 +18,9 @@ ZINB mean_odds      ≤ 0.22 / ≤ 0.027      ≤ 0.22 / ≤ 0.024      ≤ 0.00
 NBDM guide_rank=3   ≤ 0.55 / ≤ 0.033      ≤ 0.36 / ≤ 0.026      ≤ 0.0026 / ≤ 0.97
 ==================  ====================  ====================  ===================
 
+At the posterior means, |mu / (r p / (1 - p)) - 1| <= 0.00018 (NBDM) and <= 0.00073 (ZINB)
+in every parameterization (NBDM seeds 1, 2, 3, 5, 7; ZINB seeds 1, 2, 4, 6, 20); the median
+of phi equals (1 - median p) / median p to 1.4e-7 (float32 rounding).
 ZINB gates: largest |Δ| ≤ 0.0022 (mean_prob), ≤ 0.0063 (mean_odds), i.e. ≤ 0.10 sd.
 Width of the 90 % interval of p (NBDM): hierarchical guide 0.0082–0.0099, mean-field
 0.0030–0.0039, rank-3 0.0101–0.0145; rank-3 / mean-field 2.7–4.3 per seed, rank-3 /
@@ -57,7 +60,12 @@ def fits(nb_pair):
         a = nb_pair(model, SEEDS[model]).copy()
         for par in PARAMETERIZATIONS:
             fit_quiet(
-                a, model=model, parameterization=par, n_steps=NB_STEPS, rng=SEEDS[model], key_added=par
+                a,
+                model=model,
+                parameterization=par,
+                n_steps=NB_STEPS,
+                rng=SEEDS[model],
+                key_added=par,
             )
         out[model] = a
     return out
@@ -69,7 +77,9 @@ def guides(nb_pair):
     seed = SEEDS["nbdm"]
     a = nb_pair("nbdm", seed).copy()
     fit_quiet(a, model="nbdm", guide_rank=3, n_steps=NB_STEPS, rng=seed, key_added="low_rank")
-    fit_quiet(a, model="nbdm", guide="mean_field", n_steps=NB_STEPS, rng=seed, key_added="mean_field")
+    fit_quiet(
+        a, model="nbdm", guide="mean_field", n_steps=NB_STEPS, rng=seed, key_added="mean_field"
+    )
     return a
 
 
@@ -114,11 +124,13 @@ def test_outputs_always_include_r_p_and_mu(fits, model, par):
     if par == "mean_odds":
         phi, p = glob["phi"], glob["p"]
         # a monotone (decreasing) map: the median of phi is (1 - median p) / median p
-        np.testing.assert_allclose(phi["q50"], (1 - p["q50"]) / p["q50"], rtol=1e-3)
+        np.testing.assert_allclose(phi["q50"], (1 - p["q50"]) / p["q50"], rtol=1e-5)
     # the mean is r p / (1 - p) draw by draw; at the posterior means it holds to the
-    # (small) posterior spread of p
-    ratio = a.varm[f"{key}_mean"]["mu"] / (a.varm[f"{key}_mean"]["r"] * glob["p"]["mean"] / (1 - glob["p"]["mean"]))
-    assert np.all(np.abs(ratio - 1.0) < 0.02), float(np.max(np.abs(ratio - 1.0)))
+    # (small) posterior spread of p (module docstring)
+    ratio = a.varm[f"{key}_mean"]["mu"] / (
+        a.varm[f"{key}_mean"]["r"] * glob["p"]["mean"] / (1 - glob["p"]["mean"])
+    )
+    assert np.all(np.abs(ratio - 1.0) <= 0.0011), float(np.max(np.abs(ratio - 1.0)))
 
 
 def test_low_rank_guide_agrees_with_the_hierarchical_guide(guides):

@@ -97,13 +97,16 @@ def _split_priors(priors, base: str):
             f"`priors` must be a dict mapping parameter names to hyperparameters, got {type(priors).__name__}."
         )
     out: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for name, value in priors.items():
         target = PRIOR_ALIASES.get(name, name)
         if target in out:
+            alias = name if name != target else given[target]
             raise ValueError(
-                f"`priors` names {target!r} twice (directly and through its alias {name!r}); keep one."
+                f"`priors` names {target!r} twice (directly and through its alias {alias!r}); keep one."
             )
         out[target] = value
+        given[target] = name
     capture_prior = "beta"
     if "eta" in out:
         if base not in ("nbvcp", "zinbvcp"):
