@@ -114,7 +114,9 @@ def test_full_data_paths_agree_with_scipy(base):
     # canonical NBDM / ZINB are the original gene-level specs (histogram likelihood)
     ll = spec.loglik(jv, data, None) if spec.loglik is not None else hist_loglik(spec, jv, data)
     ref = _scipy_cell_component(X, {**v, **ref_v}, 1).sum()
-    assert layout == {"nbdm": "hist", "zinb": "hist", "nbvcp": "capture_hist", "zinbvcp": "rows"}[base]
+    assert (
+        layout == {"nbdm": "hist", "zinb": "hist", "nbvcp": "capture_hist", "zinbvcp": "rows"}[base]
+    )
     np.testing.assert_allclose(float(ll), ref, rtol=2e-6)
 
 
@@ -181,7 +183,12 @@ def test_capture_fit_compiles_once():
     X[:, :] += 1  # no empty cells
     spec = resolve_spec("nbvcp")
     res = fit_gene_model(
-        spec, CountData(X), priors=parse_priors(spec, None), n_steps=350, chunk_size=100, rng=0,
+        spec,
+        CountData(X),
+        priors=parse_priors(spec, None),
+        n_steps=350,
+        chunk_size=100,
+        rng=0,
         n_posterior_samples=10,
     )
     # 4 chunks (the last one partial) and one trace of the compiled runner
