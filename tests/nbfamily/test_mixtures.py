@@ -212,3 +212,22 @@ def test_all_mixture_params_gives_component_specific_p(nbvcp_mix):
     assert {"nu"} <= set(a.obsm["nbvcp_mean"].columns)
     nu_corr = np.corrcoef(a.obsm["nbvcp_mean"]["nu"], a.obs["true_nu"])[0, 1]
     assert nu_corr >= 0.92, nu_corr
+
+
+def test_shared_r_with_component_gates_fits():
+    """A gene-level parent shared by all components (r) couples to a component-specific
+    child (gate) in the hierarchical guide: the coupling must broadcast over components."""
+    import warnings
+
+    import scnbtools as snb
+
+    a = snb.datasets.synthetic_mixture(200, 20, n_components=2, model="zinb", rng=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        snb.tl.fit(
+            a, model="zinb", n_components=2, mixture_params="gate", n_steps=200, progress_bar=False
+        )
+    cols = a.varm["zinb_mean"].columns
+    assert {"gate_0", "gate_1", "r_0", "r_1"} <= set(cols)
+    # r is shared: its per-component columns are equal
+    assert np.allclose(a.varm["zinb_mean"]["r_0"], a.varm["zinb_mean"]["r_1"])

@@ -438,6 +438,8 @@ def _align(value, parent: LatentSite, child: LatentSite):
     gene-level parents already align on the trailing gene axis)."""
     value = jnp.asarray(value)
     if parent.plate != "global":
+        if child.components and not parent.components:
+            return value[..., None, :]  # a shared gene-level parent of a [K, G] child
         return value
     extra = _event_ndim(child) - _event_ndim(parent)
     return value.reshape(value.shape + (1,) * max(extra, 0))
