@@ -193,13 +193,18 @@ def cell_rows(counts: CountData, lib=None, prior_shift=None, ann=None) -> dict[s
     return out
 
 
-def big_entry_rows(cols: np.ndarray, vals: np.ndarray, n_genes: int, J: int | None = None):
-    """The entries of padded rows with a count above ``J``, as their own padded rows."""
+def big_entry_rows(
+    cols: np.ndarray, vals: np.ndarray, n_genes: int, J: int | None = None, width: int | None = None
+):
+    """The entries of padded rows with a count above ``J``, as their own padded rows
+    (``width`` columns: at least the most such entries of any row; fixed by callers that
+    process chunks of cells so that every chunk has the same shape)."""
     from .models.nbfamily import RISE_TABLE_J
 
     J = RISE_TABLE_J if J is None else J
     big = vals > J
-    width = max(int(big.sum(axis=1).max(initial=0)), 1)
+    if width is None:
+        width = max(int(big.sum(axis=1).max(initial=0)), 1)
     order = np.argsort(~big, axis=1, kind="stable")[:, :width]
     bc = np.take_along_axis(cols, order, axis=1)
     bv = np.take_along_axis(vals, order, axis=1)
@@ -419,19 +424,24 @@ _CELL_CHUNK = 1024
 @functools.lru_cache(maxsize=16)
 def _assign_fn(model_name: str, has_ann: bool):
     from .models import get_model
-    from .models.nbfamily import component_loglik
+    from .models.nbfamily import RISE_TABLE_J, component_loglik
 
     spec = get_model(model_name)
     cell_sites = [s.name for s in spec.sites if s.plate == "cell"]
 
-    def one(values, cols, vals, lib, ann):
-        ll = component_loglik(values, spec.config, cols, vals, lib, ann if has_ann else None)
+    def one(values, cols, vals, lib, ann, big):
+        ll = component_loglik(
+            values, spec.config, cols, vals, lib, ann if has_ann else None, big=big
+        )
         return jax.nn.softmax(ll, axis=-1), jax.scipy.special.logsumexp(ll, axis=-1)
 
-    def chunk(draws, idx, cols, vals, lib, ann):
+    def chunk(draws, idx, cols, vals, lib, ann, big_cols, big_vals):
+        # counts up to J from the rising-factorial table, only larger ones through betaln
+        big = {"big_cols": big_cols, "big_vals": big_vals, "J": RISE_TABLE_J}
+
         def per_draw(d):
             v = {k: (d[k][idx] if k in cell_sites else d[k]) for k in d}
-            return one(v, cols, vals, lib, ann)
+            return one(v, cols, vals, lib, ann, big)
 
         probs, ll = jax.lax.map(per_draw, draws)
         return probs.mean(axis=0), ll
@@ -458,6 +468,8 @@ def cell_logliks(spec, draws, rows, n_max: int = 100):
     probs = np.zeros((N, K))
     lls = np.zeros((m, N))
     ann_all = rows.get("ann", np.zeros((N, K), np.float32))
+    n_genes = next(int(sub[s.name].shape[-1]) for s in spec.sites if s.plate == "gene")
+    big_cols, big_vals = big_entry_rows(rows["cols"], rows["vals"], n_genes)
     for start in range(0, N, _CELL_CHUNK):
         stop = min(start + _CELL_CHUNK, N)
         idx = np.arange(start, start + _CELL_CHUNK)
@@ -469,6 +481,8 @@ def cell_logliks(spec, draws, rows, n_max: int = 100):
             jnp.asarray(rows["vals"][idx]),
             jnp.asarray(rows["lib"][idx]),
             jnp.asarray(ann_all[idx]),
+            jnp.asarray(big_cols[idx]),
+            jnp.asarray(big_vals[idx]),
         )
         probs[start:stop] = np.asarray(p)[: stop - start]
         lls[:, start:stop] = np.asarray(ll)[:, : stop - start]

@@ -40,6 +40,8 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._core.engine import big_entry_rows
+from .._core.models.nbfamily import RISE_TABLE_J
 from .._validate import (
     check_adata,
     check_bool,
@@ -48,7 +50,7 @@ from .._validate import (
     counts_from,
     resolve_rng,
 )
-from ..get._posterior import component_names
+from ._nb_options import annotation_boost
 
 __all__ = ["NB_DENOISE_KINDS", "NB_MODELS", "check_target", "nb_denoised", "normalize"]
 
@@ -340,9 +342,14 @@ def _probs_fn(spec_name: str, has_ann: bool):
 
     spec = get_model(spec_name)
 
-    def chunk(draws, cols, vals, lib, ann):
+    def chunk(draws, cols, vals, lib, ann, big_cols, big_vals):
+        # counts up to J from the rising-factorial table, only larger ones through betaln
+        big = {"big_cols": big_cols, "big_vals": big_vals, "J": RISE_TABLE_J}
+
         def per_draw(d):
-            ll = component_loglik(d, spec.config, cols, vals, lib, ann if has_ann else None)
+            ll = component_loglik(
+                d, spec.config, cols, vals, lib, ann if has_ann else None, big=big
+            )
             return jax.nn.softmax(ll, axis=-1)
 
         return jax.lax.map(per_draw, draws)
@@ -359,16 +366,22 @@ class _MixtureProbs:
         site_names = {s.name for s in spec.sites}
         self.cell_sites = {s.name for s in spec.sites if s.plate == "cell"}
         self.draws = {k: np.asarray(v, np.float32) for k, v in draws.items() if k in site_names}
+        J = RISE_TABLE_J
         if sp.issparse(X):
-            nnz = np.diff(X.indptr)
+            Xr = X.tocsr()
+            nnz = np.diff(Xr.indptr)
+            rows = np.repeat(np.arange(Xr.shape[0]), nnz)
+            n_big = np.bincount(rows[Xr.data > J], minlength=Xr.shape[0])
         else:
-            nnz = np.concatenate(
-                [np.count_nonzero(X[i : i + 4096], axis=1) for i in range(0, X.shape[0], 4096)]
-            )
+            blocks = [X[i : i + 4096] for i in range(0, X.shape[0], 4096)]
+            nnz = np.concatenate([np.count_nonzero(b, axis=1) for b in blocks])
+            n_big = np.concatenate([np.count_nonzero(np.asarray(b) > J, axis=1) for b in blocks])
         self.width = max(int(nnz.max(initial=0)), 1)
+        # a fixed width of the large-count rows: one compilation for every chunk
+        self.big_width = max(int(n_big.max(initial=0)), 1)
         self.chunk = int(chunk)
         self.G = int(X.shape[1])
-        self.ann = _annotation_boost(res, adata, spec.n_components)
+        self.ann = annotation_boost(res, adata, spec.n_components)
         self.fn = _probs_fn(spec.name, self.ann is not None)
 
     def __call__(self, start: int, stop: int, x: np.ndarray) -> np.ndarray:
@@ -382,32 +395,14 @@ class _MixtureProbs:
             k: jnp.asarray(v[:, idx] if k in self.cell_sites else v) for k, v in self.draws.items()
         }
         ann = self.ann[idx] if self.ann is not None else np.zeros((B, self.spec.n_components))
+        big_cols, big_vals = big_entry_rows(cols, vals, self.G, width=self.big_width)
         probs = self.fn(
             draws,
             jnp.asarray(cols),
             jnp.asarray(vals, jnp.float32),
             jnp.asarray(xb.sum(axis=1), jnp.float32),
             jnp.asarray(ann, jnp.float32),
+            jnp.asarray(big_cols),
+            jnp.asarray(big_vals),
         )
         return np.transpose(np.asarray(probs, np.float64)[:, :m], (0, 2, 1))  # [S, K, m]
-
-
-def _annotation_boost(res, adata, K: int) -> np.ndarray | None:
-    """The per-cell log prior boosts of an annotated mixture fit (as in the fit), or None."""
-    params = res["params"]
-    ann_key = str(params.get("annotation_key", "") or "")
-    kappa = float(params.get("annotation_confidence", 0.0))
-    if not ann_key or kappa == 0.0:
-        return None
-    if ann_key not in adata.obs.columns:
-        raise KeyError(
-            f"the fit used `annotation_key`={ann_key!r}, which is not a column of `adata.obs` "
-            "any more; restore it (its labels enter each cell's component probabilities)."
-        )
-    comps = component_names(res)
-    col = adata.obs[ann_key]
-    labels = np.array(["" if v is None or v != v else str(v) for v in col.tolist()], dtype=object)
-    ann = np.zeros((adata.n_obs, K), np.float32)
-    for k, c in enumerate(comps[:K]):
-        ann[labels == c, k] = kappa
-    return ann
