@@ -44,7 +44,7 @@ from jax.nn import log_sigmoid
 from jax.scipy.special import logsumexp
 
 from ..likelihoods import log_rising_factorial_ratio
-from ._spec import LatentSite, ModelSpec
+from ._spec import LatentSite, ModelSpec, grid_rise, hist_loglik
 from .nb import NBDM, ZINB, _init_nb
 
 __all__ = [
@@ -237,21 +237,13 @@ def _rows_loglik(values, cfg, src, rise=True):
     return jnp.sum(logsumexp(ll, axis=1))
 
 
-def _grid_rise(r, data):
-    """``Σ_gc lgamma(x_gc + r_g) - lgamma(r_g) - lgamma(x_gc + 1)`` from the survival grid."""
-    rg = r[data["surv_gene"]]
-    j = data["surv_j"]
-    rise = jnp.where(j == 0, jnp.log(rg), jnp.log1p((rg - 1.0) / (j + 1.0)))
-    return jnp.sum(data["surv_count"] * rise)
-
-
 def _capture_hist_loglik(values, cfg, data):
     """NBVCP, one component, all cells: O(grid + cells + genes)."""
     c = canonical(values, cfg)
     r, logit_p = c["r"][0], c["logit_p"][0]
     logit_ph = logit_p + _log_nu(values, cfg)
     return (
-        _grid_rise(r, data)
+        grid_rise(r, data)
         + jnp.sum(data["lib"] * log_sigmoid(logit_ph))
         + jnp.sum(r) * jnp.sum(log_sigmoid(-logit_ph))
     )
@@ -259,8 +251,6 @@ def _capture_hist_loglik(values, cfg, data):
 
 def _hist_loglik(values, cfg, data):
     """No cell sites, one component: the histogram likelihood of the canonical form."""
-    from ._spec import hist_loglik
-
     c = canonical(values, cfg)
     v = {"p": jax.nn.sigmoid(c["logit_p"][0]), "r": c["r"][0]}
     if "gate_logit" in c:
@@ -296,7 +286,7 @@ def _make_loglik(cfg):
         if batch is not None:
             ll = batch["scale"] * ll
         if grid:
-            ll = ll + _grid_rise(canonical(values, cfg)["r"][0], data)
+            ll = ll + grid_rise(canonical(values, cfg)["r"][0], data)
         return ll
 
     return loglik
