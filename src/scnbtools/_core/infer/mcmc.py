@@ -78,10 +78,8 @@ def run_nuts(
         r_hat, ess = {}, {}
         for name, v in grouped.items():
             v = np.asarray(v, dtype=np.float64)
-            if num_chains > 1:
-                r_hat[name] = float(np.nanmax(split_gelman_rubin(v)))
-            else:
-                r_hat[name] = float(np.nanmax(split_gelman_rubin(v)))
+            # split R-hat: defined for one chain too (its two halves are compared)
+            r_hat[name] = float(np.nanmax(split_gelman_rubin(v)))
             ess[name] = float(np.nanmin(effective_sample_size(v)))
         samples = {
             k: np.asarray(v, dtype=np.float64).reshape((-1, *np.shape(v)[2:]))
