@@ -20,6 +20,7 @@ from .._validate import (
     resolve_rng,
 )
 from ..get._posterior import fit_result, fit_spec
+from ._nb_options import annotation_boost
 from ._nb_write import redraw
 
 __all__ = ["compare_models"]
@@ -42,16 +43,7 @@ def _pointwise(adata, key, res, spec, unit, n_samples, seed):
     shift = None
     if cfg.get("capture") and cfg.get("capture_prior") == "truncnormal":
         shift = -np.log(counts.cell_totals())
-    ann = None
-    if int(cfg["n_components"]) > 1 and res["params"].get("annotation_key"):
-        from ._nb_options import _check_components
-
-        K, _, labels = _check_components(
-            int(cfg["n_components"]), res["params"]["annotation_key"], adata
-        )
-        ann = np.zeros((counts.n_cells, K), np.float32)
-        has = labels >= 0
-        ann[np.flatnonzero(has), labels[has]] = float(res["params"]["annotation_confidence"])
+    ann = annotation_boost(res, adata, int(cfg["n_components"]))
     rows = cell_rows(counts, None, shift, ann)
     d32 = {k: np.asarray(v, dtype=np.float32) for k, v in draws.items()}
     _, ll = cell_logliks(spec, d32, rows, n_max=n_samples)

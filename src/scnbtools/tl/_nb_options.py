@@ -20,8 +20,9 @@ from .._core.models.nbfamily import (
     data_layout,
     mixture_param_choices,
 )
+from ..get._posterior import component_names
 
-__all__ = ["NBOptions", "resolve_options"]
+__all__ = ["NBOptions", "annotation_boost", "resolve_options"]
 
 #: user-facing aliases of prior / parameter names
 PRIOR_ALIASES = {"capture_efficiency": "eta", "dispersion": "r", "expression": "mu"}
@@ -259,3 +260,28 @@ def _resolve_batch_size(batch_size, spec: ModelSpec, counts: CountData) -> int |
             f"`batch_size` must be 'auto', None or a positive integer, got {batch_size!r}."
         )
     return int(min(int(batch_size), N)) if int(batch_size) < N else None
+
+
+def annotation_boost(res, adata, K: int) -> np.ndarray | None:
+    """The per-cell log prior boosts ``[N, K]`` of a stored annotated mixture fit, or None.
+
+    Labels are matched to the fit's component names (not to category codes), so a
+    subset of cells that lacks some categories gets the same boosts as in the fit.
+    """
+    params = res["params"]
+    ann_key = str(params.get("annotation_key", "") or "")
+    kappa = float(params.get("annotation_confidence", 0.0))
+    if not ann_key or kappa == 0.0:
+        return None
+    if ann_key not in adata.obs.columns:
+        raise KeyError(
+            f"the fit used `annotation_key`={ann_key!r}, which is not a column of `adata.obs` "
+            "any more; restore it (its labels enter each cell's component probabilities)."
+        )
+    comps = component_names(res)
+    col = adata.obs[ann_key]
+    labels = np.array(["" if v is None or v != v else str(v) for v in col.tolist()], dtype=object)
+    ann = np.zeros((adata.n_obs, K), np.float32)
+    for k, c in enumerate(comps[:K]):
+        ann[labels == c, k] = kappa
+    return ann
