@@ -230,26 +230,37 @@ def predictive_frequencies(
     return sample_frequencies(pmf, n_cells, rng)
 
 
-def _pick_genes(adata: AnnData, means: np.ndarray, genes, n_genes: int) -> np.ndarray:
-    if genes is None:
-        n = check_positive_int(n_genes, "n_genes")
-        order = np.argsort(means, kind="stable")
-        if n >= adata.n_vars:
+def _pick(
+    names: pd.Index, score: np.ndarray, chosen, n: int, strata, what: str, arg: str
+) -> np.ndarray:
+    """Indices of ``chosen`` names, or of ``n`` items at evenly spaced quantiles of
+    ``score`` within ``strata`` (genes by mean count, cells by library size)."""
+    if chosen is None:
+        n = check_positive_int(n, f"n_{what}s")
+        order = np.argsort(score, kind="stable")
+        if n >= len(names):
             return order
-        levels = np.linspace(*_STRATA, n) if n > 1 else np.array([0.5])
-        pos = np.unique(np.round(levels * (adata.n_vars - 1)).astype(int))
+        levels = np.linspace(*strata, n) if n > 1 else np.array([0.5])
+        pos = np.unique(np.round(levels * (len(names) - 1)).astype(int))
         return order[pos]
-    names = [genes] if isinstance(genes, str) else genes
-    if not isinstance(names, Sequence | np.ndarray | pd.Index) or len(names) == 0:
-        raise TypeError(f"`genes` must be a gene name or a non-empty list of names, got {genes!r}.")
-    names = [str(g) for g in names]
-    missing = [g for g in names if g not in adata.var_names]
+    given = [chosen] if isinstance(chosen, str) else chosen
+    if not isinstance(given, Sequence | np.ndarray | pd.Index) or len(given) == 0:
+        raise TypeError(
+            f"`{arg}` must be a {what} name or a non-empty list of names, got {chosen!r}."
+        )
+    given = [str(g) for g in given]
+    missing = [g for g in given if g not in names]
     if missing:
+        where = "var_names" if what == "gene" else "obs_names"
         raise KeyError(
-            f"`genes` not found in `adata.var_names`: {', '.join(map(repr, missing[:10]))}"
+            f"`{arg}` not found in `adata.{where}`: {', '.join(map(repr, missing[:10]))}"
             f"{' ...' if len(missing) > 10 else ''}."
         )
-    return adata.var_names.get_indexer(names)
+    return names.get_indexer(given)
+
+
+def _pick_genes(adata: AnnData, means: np.ndarray, genes, n_genes: int) -> np.ndarray:
+    return _pick(adata.var_names, means, genes, n_genes, _STRATA, "gene", "genes")
 
 
 # ----------------------------------------------------------------------------- cell-level predictive
@@ -556,25 +567,7 @@ class _CellPanel:
 
 
 def _pick_cells(adata: AnnData, lib: np.ndarray, cells, n_cells: int) -> np.ndarray:
-    if cells is None:
-        n = check_positive_int(n_cells, "n_cells")
-        order = np.argsort(lib, kind="stable")
-        if n >= adata.n_obs:
-            return order
-        levels = np.linspace(*_CELL_STRATA, n) if n > 1 else np.array([0.5])
-        pos = np.unique(np.round(levels * (adata.n_obs - 1)).astype(int))
-        return order[pos]
-    names = [cells] if isinstance(cells, str) else cells
-    if not isinstance(names, Sequence | np.ndarray | pd.Index) or len(names) == 0:
-        raise TypeError(f"`cells` must be a cell name or a non-empty list of names, got {cells!r}.")
-    names = [str(c) for c in names]
-    missing = [c for c in names if c not in adata.obs_names]
-    if missing:
-        raise KeyError(
-            f"`cells` not found in `adata.obs_names`: {', '.join(map(repr, missing[:10]))}"
-            f"{' ...' if len(missing) > 10 else ''}."
-        )
-    return adata.obs_names.get_indexer(names)
+    return _pick(adata.obs_names, lib, cells, n_cells, _CELL_STRATA, "cell", "cells")
 
 
 def _cell_panels(
