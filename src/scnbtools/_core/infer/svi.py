@@ -35,6 +35,7 @@ from numpyro.infer import Trace_ELBO
 from numpyro.infer.util import transform_fn
 
 from .._progress import progress
+from ._plateau import Plateau
 
 __all__ = ["SVIResult", "init_params", "run_svi"]
 
@@ -161,10 +162,18 @@ def run_svi(
     losses: list[np.ndarray] = []
     lrs: list[np.ndarray] = []
     done, converged, diverged = 0, False, False
-    best, bad, n_red, lr = np.inf, 0, 0, float(learning_rate)
+    plateau = Plateau(
+        learning_rate,
+        tol=tol,
+        patience=patience,
+        lr_factor=lr_factor,
+        max_lr_reductions=max_lr_reductions,
+        min_steps=min_steps,
+    )
     with progress(total=n_steps, enabled=progress_bar, desc=desc) as bar:
         while done < n_steps:
             n_active = min(chunk, n_steps - done)
+            lr = plateau.lr
             u, opt_state, key, chunk_losses = run_chunk(
                 u, opt_state, key, n_active, data, batch_source
             )
@@ -178,22 +187,11 @@ def run_svi(
             m = float(cl.mean())
             bar.update(n_active)
             bar.set_postfix(loss=f"{m:.6g}", lr=f"{lr:.2g}", refresh=False)
-            improved = (not np.isfinite(best)) or m < best - tol * abs(best)
-            if improved:
-                best, bad = m, 0
-                continue
-            bad += 1
-            if bad < patience or done < min_steps:
-                continue
-            if n_red >= max_lr_reductions:
+            if plateau.update(m, done, opt_state):
                 converged = True
                 bar.total = done  # a converged fit ends its bar at 100 %
                 bar.refresh()
                 break
-            n_red, bad, lr = n_red + 1, 0, lr * lr_factor
-            opt_state.hyperparams["learning_rate"] = jnp.asarray(
-                lr, dtype=jnp.asarray(opt_state.hyperparams["learning_rate"]).dtype
-            )
 
     params = {k: np.asarray(v) for k, v in constrain(u).items()}
     if not diverged and not all(np.all(np.isfinite(v)) for v in params.values()):
