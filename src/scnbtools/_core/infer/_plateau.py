@@ -1,4 +1,5 @@
-"""Reduce-on-plateau learning rate and convergence, shared by the optax drivers.
+"""Reduce-on-plateau learning rate, convergence and the chunked host loop, shared by the
+optax drivers.
 
 The host loop feeds it one smoothed loss per chunk of jitted steps. When the loss has not
 improved by a relative ``tol`` for ``patience`` chunks, the learning rate is multiplied by
@@ -9,9 +10,15 @@ recompile the step.
 
 from __future__ import annotations
 
-import jax.numpy as jnp
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
-__all__ = ["Plateau"]
+import jax.numpy as jnp
+import numpy as np
+
+from .._progress import progress
+
+__all__ = ["ChunkRun", "Plateau", "drive_chunks"]
 
 
 class Plateau:
@@ -50,3 +57,63 @@ class Plateau:
         old = jnp.asarray(opt_state.hyperparams["learning_rate"])
         opt_state.hyperparams["learning_rate"] = jnp.asarray(self.lr, dtype=old.dtype)
         return False
+
+
+class ChunkRun(NamedTuple):
+    state: Any
+    losses: np.ndarray
+    lr_trace: np.ndarray
+    n_steps: int
+    converged: bool
+    diverged: bool
+
+
+def drive_chunks(
+    run_chunk: Callable[[Any, int], tuple[Any, Any]],
+    state,
+    *,
+    n_steps: int,
+    chunk: int,
+    plateau: Plateau,
+    opt_state_of: Callable[[Any], Any],
+    progress_bar: bool,
+    desc: str,
+) -> ChunkRun:
+    """The host loop shared by the optax drivers.
+
+    ``run_chunk(state, n_active) -> (state, losses[chunk])`` runs one jitted chunk (steps
+    past ``n_active`` are masked, so the last partial chunk reuses the compiled function).
+    Stops at ``n_steps``, on a non-finite loss (divergence) or when ``plateau`` reports
+    convergence; the progress bar is updated between chunks.
+    """
+    losses: list[np.ndarray] = []
+    lrs: list[np.ndarray] = []
+    done, converged, diverged = 0, False, False
+    with progress(total=n_steps, enabled=progress_bar, desc=desc) as bar:
+        while done < n_steps:
+            n_active = min(chunk, n_steps - done)
+            lr = plateau.lr
+            state, chunk_losses = run_chunk(state, n_active)
+            cl = np.asarray(chunk_losses)[:n_active]
+            losses.append(cl)
+            lrs.append(np.full(n_active, lr, dtype=np.float32))
+            done += n_active
+            if not np.all(np.isfinite(cl)):
+                diverged = True
+                break
+            m = float(cl.mean())
+            bar.update(n_active)
+            bar.set_postfix(loss=f"{m:.6g}", lr=f"{lr:.2g}", refresh=False)
+            if plateau.update(m, done, opt_state_of(state)):
+                converged = True
+                bar.total = done  # a converged fit ends its bar at 100 %
+                bar.refresh()
+                break
+    return ChunkRun(
+        state,
+        np.concatenate(losses) if losses else np.zeros(0),
+        np.concatenate(lrs) if lrs else np.zeros(0),
+        done,
+        converged,
+        diverged,
+    )

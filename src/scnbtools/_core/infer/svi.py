@@ -34,8 +34,7 @@ from numpyro.distributions import biject_to, constraints
 from numpyro.infer import Trace_ELBO
 from numpyro.infer.util import transform_fn
 
-from .._progress import progress
-from ._plateau import Plateau
+from ._plateau import Plateau, drive_chunks
 
 __all__ = ["SVIResult", "init_params", "run_svi"]
 
@@ -158,10 +157,6 @@ def run_svi(
         if cache is not None:
             cache.update(chunk=chunk, run_chunk=run_chunk)
 
-    u, key = u0, run_key
-    losses: list[np.ndarray] = []
-    lrs: list[np.ndarray] = []
-    done, converged, diverged = 0, False, False
     plateau = Plateau(
         learning_rate,
         tol=tol,
@@ -170,39 +165,34 @@ def run_svi(
         max_lr_reductions=max_lr_reductions,
         min_steps=min_steps,
     )
-    with progress(total=n_steps, enabled=progress_bar, desc=desc) as bar:
-        while done < n_steps:
-            n_active = min(chunk, n_steps - done)
-            lr = plateau.lr
-            u, opt_state, key, chunk_losses = run_chunk(
-                u, opt_state, key, n_active, data, batch_source
-            )
-            cl = np.asarray(chunk_losses)[:n_active]
-            losses.append(cl)
-            lrs.append(np.full(n_active, lr, dtype=np.float32))
-            done += n_active
-            if not np.all(np.isfinite(cl)):
-                diverged = True
-                break
-            m = float(cl.mean())
-            bar.update(n_active)
-            bar.set_postfix(loss=f"{m:.6g}", lr=f"{lr:.2g}", refresh=False)
-            if plateau.update(m, done, opt_state):
-                converged = True
-                bar.total = done  # a converged fit ends its bar at 100 %
-                bar.refresh()
-                break
 
+    def step(state, n_active):
+        u, opt_state, key = state
+        u, opt_state, key, chunk_losses = run_chunk(u, opt_state, key, n_active, data, batch_source)
+        return (u, opt_state, key), chunk_losses
+
+    run = drive_chunks(
+        step,
+        (u0, opt_state, run_key),
+        n_steps=n_steps,
+        chunk=chunk,
+        plateau=plateau,
+        opt_state_of=lambda state: state[1],
+        progress_bar=progress_bar,
+        desc=desc,
+    )
+    u = run.state[0]
+    diverged = run.diverged
     params = {k: np.asarray(v) for k, v in constrain(u).items()}
     if not diverged and not all(np.all(np.isfinite(v)) for v in params.values()):
         diverged = True
     return SVIResult(
         params=params,
-        losses=np.concatenate(losses) if losses else np.zeros(0),
-        lr_trace=np.concatenate(lrs) if lrs else np.zeros(0),
-        converged=converged and not diverged,
+        losses=run.losses,
+        lr_trace=run.lr_trace,
+        converged=run.converged and not diverged,
         diverged=diverged,
-        n_steps=done,
+        n_steps=run.n_steps,
         n_compilations=traces[0],
         runtime_s=time.perf_counter() - t0,
     )

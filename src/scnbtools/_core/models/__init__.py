@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ._spec import LatentSite, ModelSpec
+from .lognormal import NBLN, PLN, LaplaceModel
 from .nb import NBDM, ZINB
 from .nbfamily import BASES, make_nb_spec
 
 __all__ = [
     "REGISTRY",
+    "LaplaceModel",
     "LatentSite",
     "ModelSpec",
     "available_models",
@@ -24,10 +26,10 @@ __all__ = [
     "spec_from_config",
 ]
 
-REGISTRY: dict[str, ModelSpec] = {}
+REGISTRY: dict[str, ModelSpec | LaplaceModel] = {}
 
 
-def register(spec: ModelSpec) -> ModelSpec:
+def register(spec: ModelSpec | LaplaceModel) -> ModelSpec | LaplaceModel:
     """Add a model to the registry (names are unique)."""
     if spec.name in REGISTRY:
         raise ValueError(f"model {spec.name!r} is already registered")
@@ -35,7 +37,7 @@ def register(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-def get_model(name: str) -> ModelSpec:
+def get_model(name: str) -> ModelSpec | LaplaceModel:
     """Look a model up by name, with an error listing the available ones."""
     if not isinstance(name, str):
         raise TypeError(f"`model` must be a string, got {type(name).__name__}.")
@@ -93,5 +95,5 @@ def available_models() -> dict[str, str]:
     return {k: v.description for k, v in sorted(REGISTRY.items())}
 
 
-for _spec in (NBDM, ZINB, make_nb_spec("nbvcp"), make_nb_spec("zinbvcp")):
+for _spec in (NBDM, ZINB, make_nb_spec("nbvcp"), make_nb_spec("zinbvcp"), PLN, NBLN):
     register(_spec)

@@ -1,0 +1,501 @@
+"""Laplace-EM for latent Gaussian count models with a low-rank-plus-diagonal prior.
+
+Generic (no model names). Per cell c a latent vector ``x_c ∈ R^G`` has the prior
+``MVN(mu, Σ)``, ``Σ = W Wᵀ + diag(d)`` (``W``: G × k), and optionally a scalar offset
+``eta_c`` is a latent too, with a Gaussian prior ``N(m_c, s_c²)`` (truncated to
+``eta_c ≥ lower`` when ``lower`` is given). The counts see only ``t_gc = x_gc − eta_c``
+through an elementwise observation model (``obs.loglik(t, u, params)`` and its first and
+negative second derivatives ``obs.grad_hess``), which must be concave in ``t``.
+
+Inner solve (per cell, vmapped). Damped Newton on the log-concave conditional posterior.
+The negative Hessian in ``x`` is ``Q = diag(h) + Σ⁻¹``; with ``ω = 1 / (1 + d h)``,
+
+    Q⁻¹ = diag(d ω) + (ω W) K⁻¹ (ω W)ᵀ,   K = I_k + Wᵀ diag(h ω) W,
+    log det Q + log det Σ = Σ_g log(1 + d_g h_g) + log det K,
+
+so a step costs O(G k² + k³) and no G × G matrix is ever formed. ``Σ⁻¹ v`` uses Woodbury
+with ``M = I_k + Wᵀ diag(1/d) W`` (shared by all cells). A latent ``eta`` borders the
+system with the row ``−hᵀ`` and is eliminated by its Schur complement
+``σ = Σ h + 1/s² − hᵀ Q⁻¹ h`` (so ``1/σ`` is the Laplace posterior variance of ``eta``).
+Each step is followed by a vectorised backtracking search over a few step lengths.
+
+Outer loop. The globals (``mu``, ``W``, ``log d`` and the observation parameters, minus any
+frozen ones) are updated by optax on the Laplace approximation of the log marginal
+
+    log p(u_c) ≈ Σ_g ℓ_gc(x̂) − ½ (x̂ − mu)ᵀ Σ⁻¹ (x̂ − mu) − ½ [log det Q + log det Σ]
+                 (+ the eta prior and −½ log σ when eta is latent)
+
+plus the caller's log prior on the globals. Its exact gradient, the dependence of the mode
+on the globals included, is obtained by differentiating one Newton step taken from the
+(stop-gradient) mode: ``x̃ = x̂ + P⁻¹ ∇f(x̂)`` has ``∂x̃/∂θ = ∂x̂/∂θ`` at the mode (implicit
+function theorem), and the gradient of the first terms in ``x`` vanishes there. Every
+outer step warm-starts the cells of its batch from their stored modes and runs a few
+Newton iterations first; cell minibatches scale the likelihood by ``N / B``. After the
+outer loop, every cell is solved to convergence (Newton decrement ≤ ``tol``), and the
+iterations and final gradient norm per cell are returned.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.scipy.linalg import cho_solve
+from jax.scipy.special import log_ndtr
+
+from ._plateau import Plateau, drive_chunks
+
+__all__ = [
+    "LaplaceResult",
+    "Observation",
+    "PriorFactor",
+    "cell_objective",
+    "factor_scores",
+    "laplace_log_marginal",
+    "newton_direction",
+    "prior_factor",
+    "run_laplace",
+    "sample_latent",
+    "sigma_inv",
+    "solve_cells",
+]
+
+D_FLOOR = 1e-4
+_STEPS = (1.0, 0.5, 0.25, 0.1, 0.02)
+
+
+class Observation(NamedTuple):
+    """Elementwise observation model in ``t = x − eta``.
+
+    ``loglik(t, u, params) -> [G]`` log-pmf; ``grad_hess(t, u, params) -> (g, h)`` with
+    ``g = ∂ℓ/∂t`` and ``h = −∂²ℓ/∂t² ≥ 0``. ``params`` is a dict of per-gene arrays.
+    """
+
+    loglik: Callable
+    grad_hess: Callable
+
+
+class PriorFactor(NamedTuple):
+    mu: jax.Array  # [G]
+    W: jax.Array  # [G, k]
+    d: jax.Array  # [G]
+    Wd: jax.Array  # W / d
+    Minv: jax.Array  # M⁻¹, M = I + Wᵀ diag(1/d) W (k × k, shared by all cells)
+
+
+def prior_factor(mu, W, log_d) -> PriorFactor:
+    d = jnp.exp(log_d) + D_FLOOR
+    Wd = W / d[:, None]
+    k = W.shape[1]
+    M = jnp.eye(k, dtype=W.dtype) + W.T @ Wd
+    # an explicit k × k inverse: under vmap a shared factor's triangular solve is slow
+    Minv = cho_solve((jnp.linalg.cholesky(M), True), jnp.eye(k, dtype=W.dtype))
+    return PriorFactor(mu, W, d, Wd, Minv)
+
+
+def sigma_inv(pf: PriorFactor, v):
+    """``Σ⁻¹ v`` for one vector ``v`` [G] (Woodbury)."""
+    return v / pf.d - pf.Wd @ (pf.Minv @ (pf.Wd.T @ v))
+
+
+def factor_scores(pf: PriorFactor, x):
+    """``E[z | x] = M⁻¹ Wᵀ diag(1/d) (x − mu)`` of the factor model ``x = mu + W z + ε``."""
+    return pf.Minv @ (pf.Wd.T @ (x - pf.mu))
+
+
+class _Cell(NamedTuple):
+    u: jax.Array  # [G] counts
+    eta_loc: jax.Array  # scalar: the fixed eta, or its prior location
+    eta_scale: jax.Array  # scalar prior sd (unused when eta is fixed)
+
+
+@dataclass(frozen=True)
+class EtaMode:
+    """How the per-cell offset enters: fixed (``latent=False``) or a latent with a prior."""
+
+    latent: bool = False
+    lower: float | None = None  # truncation of the latent eta (e.g. 0.0)
+
+
+def cell_objective(x, eta, cell: _Cell, obs_params, pf: PriorFactor, obs: Observation, mode):
+    """Unnormalised log posterior ``f(x, eta)`` of one cell."""
+    r = x - pf.mu
+    f = obs.loglik(x - eta, cell.u, obs_params).sum() - 0.5 * r @ sigma_inv(pf, r)
+    if mode.latent:
+        f = f - 0.5 * jnp.square((eta - cell.eta_loc) / cell.eta_scale)
+    return f
+
+
+class _Dir(NamedTuple):
+    dx: jax.Array
+    deta: jax.Array
+    grad_inf: jax.Array  # max |gradient|
+    decrement: jax.Array  # Newton decrement gᵀ P⁻¹ g
+    logdet: jax.Array  # log det P + log det Σ (+ the eta block's log σ)
+    h: jax.Array
+    sigma: jax.Array  # Schur complement of eta (1.0 when eta is fixed)
+
+
+def newton_direction(x, eta, cell: _Cell, obs_params, pf: PriorFactor, obs: Observation, mode):
+    """Newton step ``P⁻¹ ∇f`` at ``(x, eta)`` and the log-determinant of ``P``."""
+    t = x - eta
+    g_t, h = obs.grad_hess(t, cell.u, obs_params)
+    h = jnp.maximum(h, 0.0)
+    gx = g_t - sigma_inv(pf, x - pf.mu)
+    omega = 1.0 / (1.0 + pf.d * h)
+    Wo = pf.W * omega[:, None]
+    K = jnp.eye(pf.W.shape[1], dtype=x.dtype) + pf.W.T @ (pf.W * (h * omega)[:, None])
+    LK = jnp.linalg.cholesky(K)
+    logdet = jnp.sum(jnp.log1p(pf.d * h)) + 2.0 * jnp.sum(jnp.log(jnp.diagonal(LK)))
+
+    def q_solve(v):
+        return pf.d * omega * v + Wo @ cho_solve((LK, True), Wo.T @ v)
+
+    qg = q_solve(gx)
+    if mode.latent:
+        geta = -g_t.sum() - (eta - cell.eta_loc) / jnp.square(cell.eta_scale)
+        qh = q_solve(h)
+        sigma = h.sum() + 1.0 / jnp.square(cell.eta_scale) - h @ qh
+        sigma = jnp.maximum(sigma, 1e-12)
+        deta = (geta + h @ qg) / sigma
+        if mode.lower is not None:  # at the bound, a step out of the support is dropped
+            at_bound = (eta <= mode.lower) & (deta < 0)
+            deta = jnp.where(at_bound, 0.0, deta)
+            geta = jnp.where(at_bound, 0.0, geta)
+        dx = qg + qh * deta
+        grad_inf = jnp.maximum(jnp.max(jnp.abs(gx)), jnp.abs(geta))
+        decrement = gx @ dx + geta * deta
+        logdet = logdet + jnp.log(sigma)
+    else:
+        dx, deta, sigma = qg, jnp.zeros((), x.dtype), jnp.ones((), x.dtype)
+        grad_inf = jnp.max(jnp.abs(gx))
+        decrement = gx @ dx
+    return _Dir(dx, deta, grad_inf, decrement, logdet, h, sigma)
+
+
+def _clip_eta(eta, mode):
+    return eta if mode.lower is None else jnp.maximum(eta, mode.lower)
+
+
+def _newton_iter(x, eta, cell, obs_params, pf, obs, mode):
+    """One damped Newton iteration: the best of a few step lengths (never worse than 0)."""
+    dr = newton_direction(x, eta, cell, obs_params, pf, obs, mode)
+    steps = jnp.asarray(_STEPS, dtype=x.dtype)
+
+    def value(a):
+        return cell_objective(
+            x + a * dr.dx, _clip_eta(eta + a * dr.deta, mode), cell, obs_params, pf, obs, mode
+        )
+
+    f0 = cell_objective(x, eta, cell, obs_params, pf, obs, mode)
+    fs = jax.vmap(value)(steps)
+    fs = jnp.where(jnp.isfinite(fs), fs, -jnp.inf)
+    best = jnp.argmax(fs)
+    a = jnp.where(fs[best] >= f0, steps[best], 0.0)
+    return x + a * dr.dx, _clip_eta(eta + a * dr.deta, mode), dr
+
+
+def laplace_log_marginal(x, eta, cell: _Cell, obs_params, pf, obs, mode):
+    """Laplace approximation of ``log p(u_c)`` at a mode ``(x, eta)``."""
+    dr = newton_direction(x, eta, cell, obs_params, pf, obs, mode)
+    return _laplace_value(x, eta, cell, obs_params, pf, obs, mode, dr)
+
+
+def _laplace_value(x, eta, cell, obs_params, pf, obs, mode, dr: _Dir):
+    r = x - pf.mu
+    val = obs.loglik(x - eta, cell.u, obs_params).sum() - 0.5 * r @ sigma_inv(pf, r)
+    val = val - 0.5 * dr.logdet
+    if mode.latent:
+        z = (eta - cell.eta_loc) / cell.eta_scale
+        val = val - 0.5 * z * z - jnp.log(cell.eta_scale)
+        if mode.lower is not None:  # normaliser of the truncated prior
+            val = val - log_ndtr((cell.eta_loc - mode.lower) / cell.eta_scale)
+    return val
+
+
+def _differentiable_laplace(x0, eta0, cell, obs_params, pf, obs, mode):
+    """Laplace value after one differentiable Newton step from the (stop-gradient) mode."""
+    x0, eta0 = jax.lax.stop_gradient(x0), jax.lax.stop_gradient(eta0)
+    d0 = newton_direction(x0, eta0, cell, obs_params, pf, obs, mode)
+    x1, eta1 = x0 + d0.dx, _clip_eta(eta0 + d0.deta, mode)
+    return laplace_log_marginal(x1, eta1, cell, obs_params, pf, obs, mode)
+
+
+# ------------------------------------------------------------------------------------------
+# whole-data solves
+
+
+def solve_cells(
+    X,
+    eta,
+    cells: _Cell,
+    obs_params,
+    pf: PriorFactor,
+    obs: Observation,
+    mode: EtaMode,
+    *,
+    max_iter: int = 50,
+    tol: float = 1e-5,
+):
+    """Newton to convergence for a batch of cells (vmapped ``while_loop``).
+
+    Returns ``x``, ``eta``, iterations, max |gradient|, Newton decrement, the Laplace value
+    per cell and the Laplace posterior sd of eta (0 when eta is fixed).
+    """
+
+    def one(x, e, cell):
+        def cond(state):
+            _, _, it, dec = state
+            return (it < max_iter) & (dec > tol)
+
+        def body(state):
+            x, e, it, _ = state
+            x, e, dr = _newton_iter(x, e, cell, obs_params, pf, obs, mode)
+            return x, e, it + 1, dr.decrement
+
+        x, e, it, _ = jax.lax.while_loop(cond, body, (x, e, 0, jnp.asarray(jnp.inf, x.dtype)))
+        dr = newton_direction(x, e, cell, obs_params, pf, obs, mode)
+        lap = _laplace_value(x, e, cell, obs_params, pf, obs, mode, dr)
+        sd = jnp.where(mode.latent, 1.0 / jnp.sqrt(dr.sigma), 0.0)
+        return x, e, it, dr.grad_inf, dr.decrement, lap, sd
+
+    return jax.vmap(one)(X, eta, cells)
+
+
+def sample_latent(key, x, eta, cell: _Cell, obs_params, pf, obs, mode, n: int):
+    """``n`` draws of ``x`` from the Laplace posterior ``N(x̂, Q⁻¹)`` of one cell (eta at its mode).
+
+    ``Q⁻¹ = diag(d ω) + (ω W) K⁻¹ (ω W)ᵀ``: a diagonal draw plus a k-dimensional one.
+    """
+    t = x - eta
+    _, h = obs.grad_hess(t, cell.u, obs_params)
+    h = jnp.maximum(h, 0.0)
+    omega = 1.0 / (1.0 + pf.d * h)
+    K = jnp.eye(pf.W.shape[1], dtype=x.dtype) + pf.W.T @ (pf.W * (h * omega)[:, None])
+    LK = jnp.linalg.cholesky(K)
+    k1, k2 = jax.random.split(key)
+    e1 = jax.random.normal(k1, (n, x.shape[0]), x.dtype)
+    e2 = jax.random.normal(k2, (n, pf.W.shape[1]), x.dtype)
+    # K⁻¹ = L⁻ᵀ L⁻¹: the draw L⁻ᵀ e has covariance K⁻¹
+    low = jax.scipy.linalg.solve_triangular(LK, e2.T, lower=True, trans="T").T
+    return x + jnp.sqrt(pf.d * omega) * e1 + low @ (pf.W * omega[:, None]).T
+
+
+# ------------------------------------------------------------------------------------------
+# outer loop
+
+
+@dataclass
+class LaplaceResult:
+    params: dict[str, np.ndarray]  # optimised globals (frozen ones included, unchanged)
+    X: np.ndarray  # [C, G] modes
+    eta: np.ndarray  # [C]
+    eta_sd: np.ndarray  # [C]
+    log_marginal: np.ndarray  # [C] Laplace log marginal per cell at the final globals
+    iterations: np.ndarray  # [C]
+    grad_inf: np.ndarray  # [C]
+    decrement: np.ndarray  # [C]
+    newton_tol: float
+    losses: np.ndarray  # per outer step: −(log marginal per cell + log prior / C)
+    lr_trace: np.ndarray
+    converged: bool
+    diverged: bool
+    n_steps: int
+    n_compilations: int
+    runtime_s: float
+
+
+def _split(params: dict, names) -> tuple[dict, dict]:
+    a = {k: v for k, v in params.items() if k in names}
+    b = {k: v for k, v in params.items() if k not in names}
+    return a, b
+
+
+def run_laplace(
+    U,
+    *,
+    obs: Observation,
+    init: dict[str, Any],
+    X0,
+    eta0,
+    eta_loc,
+    eta_scale,
+    mode: EtaMode,
+    obs_param_names: tuple[str, ...] = (),
+    frozen: tuple[str, ...] = (),
+    log_prior: Callable[[dict], jax.Array] | None = None,
+    derive: Callable[[dict], dict] | None = None,
+    batch_size: int | None = None,
+    n_steps: int = 2000,
+    learning_rate: float = 0.02,
+    inner_steps: int = 2,
+    chunk_size: int = 50,
+    tol: float = 1e-5,
+    patience: int = 3,
+    lr_factor: float = 0.3,
+    max_lr_reductions: int = 3,
+    min_steps: int = 200,
+    newton_max_iter: int = 50,
+    newton_tol: float = 1e-4,
+    rng_key=None,
+    progress_bar: bool = False,
+    desc: str = "Laplace",
+) -> LaplaceResult:
+    """Fit the globals of a latent Gaussian count model by Laplace-EM.
+
+    ``U`` [C, G] counts (dense, float); ``init``: initial globals, keys ``mu``, ``W``,
+    ``log_d``, the observation parameters named in ``obs_param_names`` and any extra
+    parameters ``log_prior`` uses (e.g. shrinkage scales). ``frozen``: names kept fixed.
+    ``X0`` / ``eta0``: initial per-cell modes; ``eta_loc`` / ``eta_scale``: per-cell fixed
+    offsets (``mode.latent=False``) or prior of the latent offsets. ``derive(params)``
+    maps the optimised and frozen parameters to the model's (``mu``, ``W``, ``log_d`` and
+    the observation parameters), e.g. ``mu`` from a frozen log mean; ``log_prior`` sees the
+    derived dict.
+    """
+    t0 = time.perf_counter()
+    U = jnp.asarray(U)
+    C = U.shape[0]
+    dtype = U.dtype
+    B = C if batch_size is None or batch_size >= C else int(batch_size)
+    scale = C / B
+    rng_key = jax.random.PRNGKey(0) if rng_key is None else rng_key
+    params = {k: jnp.asarray(v, dtype) for k, v in init.items()}
+    opt_p, fixed_p = _split(params, [k for k in params if k not in frozen])
+    cells_all = _Cell(U, jnp.asarray(eta_loc, dtype), jnp.asarray(eta_scale, dtype))
+    X = jnp.asarray(X0, dtype)
+    E = jnp.asarray(eta0, dtype)
+
+    derive_fn = (lambda p: p) if derive is None else derive
+
+    def globals_of(p):
+        p = derive_fn(p)
+        pf = prior_factor(p["mu"], p["W"], p["log_d"])
+        return pf, {k: p[k] for k in obs_param_names}
+
+    def loss_fn(p_opt, p_fixed, xb, eb, cb):
+        p = {**p_fixed, **p_opt}
+        pf, op = globals_of(p)
+        lap = jax.vmap(lambda x, e, c: _differentiable_laplace(x, e, c, op, pf, obs, mode))(
+            xb, eb, cb
+        )
+        lp = 0.0 if log_prior is None else log_prior(derive_fn(p))
+        return -(scale * lap.sum() + lp) / C
+
+    opt = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+    opt_state = opt.init(opt_p)
+    chunk = int(min(chunk_size, n_steps))
+    traces = [0]
+
+    def _chunk(p_opt, s, X, E, key, n_active, p_fixed):
+        traces[0] += 1
+
+        def body(carry, i):
+            p_opt, s, X, E, k = carry
+            k, kb = jax.random.split(k)
+            idx = jnp.arange(C) if B == C else jax.random.choice(kb, C, (B,), replace=False)
+            cb = jax.tree_util.tree_map(lambda a: a[idx], cells_all)
+            pf, op = globals_of({**p_fixed, **p_opt})
+            pf, op = jax.lax.stop_gradient((pf, op))
+
+            def inner(xe, _):
+                x, e = xe
+                x, e, _ = jax.vmap(lambda xx, ee, cc: _newton_iter(xx, ee, cc, op, pf, obs, mode))(
+                    x, e, cb
+                )
+                return (x, e), None
+
+            (xb, eb), _ = jax.lax.scan(inner, (X[idx], E[idx]), None, length=inner_steps)
+            loss, grads = jax.value_and_grad(loss_fn)(p_opt, p_fixed, xb, eb, cb)
+            upd, s_new = opt.update(grads, s, p_opt)
+            p_new = optax.apply_updates(p_opt, upd)
+            active = i < n_active
+            keep = lambda a, b: jnp.where(active, a, b)  # noqa: E731
+            X = X.at[idx].set(jnp.where(active, xb, X[idx]))
+            E = E.at[idx].set(jnp.where(active, eb, E[idx]))
+            return (
+                jax.tree_util.tree_map(keep, p_new, p_opt),
+                jax.tree_util.tree_map(keep, s_new, s),
+                X,
+                E,
+                k,
+            ), loss
+
+        (p_opt, s, X, E, key), losses = jax.lax.scan(body, (p_opt, s, X, E, key), jnp.arange(chunk))
+        return p_opt, s, X, E, key, losses
+
+    run_chunk = jax.jit(_chunk, donate_argnums=(2, 3))
+    plateau = Plateau(
+        learning_rate,
+        tol=tol,
+        patience=patience,
+        lr_factor=lr_factor,
+        max_lr_reductions=max_lr_reductions,
+        min_steps=min_steps,
+    )
+
+    def step(state, n_active):
+        opt_p, opt_state, X, E, key = state
+        opt_p, opt_state, X, E, key, cl = run_chunk(opt_p, opt_state, X, E, key, n_active, fixed_p)
+        return (opt_p, opt_state, X, E, key), cl
+
+    run = drive_chunks(
+        step,
+        (opt_p, opt_state, X, E, rng_key),
+        n_steps=n_steps,
+        chunk=chunk,
+        plateau=plateau,
+        opt_state_of=lambda state: state[1],
+        progress_bar=progress_bar,
+        desc=desc,
+    )
+    opt_p, opt_state, X, E, _ = run.state
+    diverged = run.diverged
+    params = {**fixed_p, **opt_p}
+    pf, op = globals_of(params)
+    params = {**params, **derive_fn(params)}
+    out = _final_solve(X, E, cells_all, op, pf, obs, mode, newton_max_iter, newton_tol, B)
+    np_params = {k: np.asarray(v) for k, v in params.items()}
+    finite = all(np.all(np.isfinite(v)) for v in np_params.values())
+    finite = finite and np.all(np.isfinite(out[0])) and np.all(np.isfinite(out[5]))
+    diverged = diverged or not finite
+    return LaplaceResult(
+        params=np_params,
+        X=out[0],
+        eta=out[1],
+        iterations=out[2],
+        grad_inf=out[3],
+        decrement=out[4],
+        log_marginal=out[5],
+        eta_sd=out[6],
+        newton_tol=newton_tol,
+        losses=run.losses,
+        lr_trace=run.lr_trace,
+        converged=run.converged and not diverged,
+        diverged=diverged,
+        n_steps=run.n_steps,
+        n_compilations=traces[0],
+        runtime_s=time.perf_counter() - t0,
+    )
+
+
+def _final_solve(X, E, cells, op, pf, obs, mode, max_iter, tol, batch):
+    """Solve every cell to convergence, ``batch`` cells at a time (one compilation)."""
+    C = X.shape[0]
+    fn = jax.jit(
+        lambda x, e, c, op, pf: solve_cells(x, e, c, op, pf, obs, mode, max_iter=max_iter, tol=tol)
+    )
+    outs = []
+    for s in range(0, C, batch):
+        idx = np.arange(s, min(s + batch, C))
+        pad = batch - len(idx)
+        idx_p = np.concatenate([idx, np.full(pad, idx[-1])]) if pad else idx
+        cb = jax.tree_util.tree_map(lambda a, i=idx_p: a[i], cells)
+        res = fn(X[idx_p], E[idx_p], cb, op, pf)
+        outs.append([np.asarray(r)[: len(idx)] for r in res])
+    return [np.concatenate([o[i] for o in outs]) for i in range(7)]
