@@ -266,3 +266,37 @@ def test_run_laplace_frozen_parameters_do_not_move():
     )  # fmt: skip
     np.testing.assert_array_equal(res.params["mu"], init["mu"])
     assert not np.allclose(res.params["W"], init["W"])
+
+
+@pytest.mark.parametrize("obs_name", list(OBS))
+def test_observation_models_against_scipy(obs_name):
+    """log-pmf against scipy (incl. zeros, large counts, r → 0 and r → ∞), derivatives
+    against autodiff, and ``loglik_t`` equal to ``loglik`` up to a constant in ``t``."""
+    obs, has_r = OBS[obs_name]
+    with jax.enable_x64(True):
+        u = np.array([0.0, 1.0, 3.0, 10.0, 250.0, 1e5, 0.0, 7.0])
+        t = np.array([-2.0, 0.0, 1.2, 2.0, 5.5, 11.0, 3.0, -4.0])
+        log_r = np.log([0.01, 0.5, 2.0, 10.0, 1e3, 1e6, 0.1, 30.0])
+        p = {"log_r": jnp.asarray(log_r)} if has_r else {}
+        got = np.asarray(obs.loglik(jnp.asarray(t), jnp.asarray(u), p))
+        if has_r:
+            r = np.exp(log_r)
+            ref = stats.nbinom.logpmf(u, r, r / (r + np.exp(t)))
+        else:
+            ref = stats.poisson.logpmf(u, np.exp(t))
+        np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9)
+
+        def one(tt, uu, lr):
+            q = {"log_r": lr} if has_r else {}
+            return obs.loglik(tt, uu, q)
+
+        g_ad = jax.vmap(jax.grad(one))(jnp.asarray(t), jnp.asarray(u), jnp.asarray(log_r))
+        h_ad = jax.vmap(jax.grad(jax.grad(one)))(jnp.asarray(t), jnp.asarray(u), jnp.asarray(log_r))
+        g, h = obs.grad_hess(jnp.asarray(t), jnp.asarray(u), p)
+        np.testing.assert_allclose(np.asarray(g), np.asarray(g_ad), rtol=1e-8, atol=1e-8)
+        np.testing.assert_allclose(np.asarray(h), -np.asarray(h_ad), rtol=1e-7, atol=1e-8)
+        diff = got - np.asarray(obs.loglik_t(jnp.asarray(t), jnp.asarray(u), p))
+        diff2 = np.asarray(obs.loglik(jnp.asarray(t + 0.9), jnp.asarray(u), p)) - np.asarray(
+            obs.loglik_t(jnp.asarray(t + 0.9), jnp.asarray(u), p)
+        )
+        np.testing.assert_allclose(diff, diff2, rtol=1e-9, atol=1e-6)

@@ -28,6 +28,10 @@ def _poisson_loglik(t, u, params):
     return u * t - jnp.exp(t) - gammaln(u + 1.0)
 
 
+def _poisson_loglik_t(t, u, params):
+    return u * t - jnp.exp(t)
+
+
 def _poisson_grad_hess(t, u, params):
     lam = jnp.exp(t)
     return u - lam, lam
@@ -40,6 +44,11 @@ def _nb_loglik(t, u, params):
     return gammaln(u + r) - gammaln(r) - gammaln(u + 1.0) + r * (log_r - lse) + u * (t - lse)
 
 
+def _nb_loglik_t(t, u, params):
+    log_r = params["log_r"]
+    return u * t - (u + jnp.exp(log_r)) * jnp.logaddexp(t, log_r)
+
+
 def _nb_grad_hess(t, u, params):
     log_r = params["log_r"]
     s = jax.nn.sigmoid(t - log_r)  # λ / (λ + r)
@@ -47,8 +56,8 @@ def _nb_grad_hess(t, u, params):
     return u - ur * s, ur * s * (1.0 - s)
 
 
-poisson_obs = Observation(_poisson_loglik, _poisson_grad_hess)
-nb_mean_obs = Observation(_nb_loglik, _nb_grad_hess)
+poisson_obs = Observation(_poisson_loglik, _poisson_grad_hess, _poisson_loglik_t)
+nb_mean_obs = Observation(_nb_loglik, _nb_grad_hess, _nb_loglik_t)
 
 
 @dataclass(frozen=True)
