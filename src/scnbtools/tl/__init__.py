@@ -4,6 +4,7 @@ from ._compare import compare_models
 from ._denoise import denoise
 from ._fit import available_models, fit, fit_nbdm, fit_nbvcp, fit_zinb, fit_zinbvcp
 from ._glm import fit_glm, glm_test, predict, simulate
+from ._lognormal import fit_nbln, fit_pln
 from ._nb_denoise import normalize
 from ._zipo import fit_zipo, zipo_heldout_nll, zipo_prune, zipo_rate_mse, zipo_transform
 
@@ -14,7 +15,9 @@ __all__ = [
     "fit",
     "fit_glm",
     "fit_nbdm",
+    "fit_nbln",
     "fit_nbvcp",
+    "fit_pln",
     "fit_zinb",
     "fit_zinbvcp",
     "fit_zipo",

@@ -15,6 +15,7 @@ from anndata import AnnData
 
 from .._core.engine import DivergenceError, fit_gene_model
 from .._core.models import available_models as _available
+from .._core.models import get_model
 from .._core.models._spec import GUIDE_KINDS
 from .._logging import logger
 from .._validate import (
@@ -208,6 +209,12 @@ def fit(
     posterior mean weight after fitting; with it, component ``k`` is the ``k``-th category.
     """
     check_adata(adata)
+    laplace = getattr(get_model(model), "inference", None) == "laplace"
+    if laplace:
+        raise ValueError(
+            f"`model`={model!r} is fitted by Laplace-EM with its own options (latent_dim, "
+            f"offsets, cascade); call `snb.tl.fit_{model.lower()}(adata, ...)` instead."
+        )
     if inference not in _INFERENCE:
         raise ValueError(
             f"`inference`={inference!r} is not one of {', '.join(map(repr, _INFERENCE))}."
