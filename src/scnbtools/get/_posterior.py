@@ -15,7 +15,7 @@ __all__ = ["fit_result", "posterior_df", "posterior_samples"]
 
 
 def fit_result(adata: AnnData, *, key: str) -> dict:
-    """Everything an NB-family fit stored in ``adata.uns[key]``.
+    """Everything a fit (NB family or log-normal) stored in ``adata.uns[key]``.
 
     Parameters
     ----------
@@ -27,8 +27,8 @@ def fit_result(adata: AnnData, *, key: str) -> dict:
     Returns
     -------
     The ``adata.uns[key]`` dict (``params``, ``global``, ``loss``, ``learning_rate``,
-    ``converged``, ``n_steps_run``, ``runtime_s``, ``n_cells``, ``variational_params``),
-    not a copy. A ``KeyError`` listing the fits present is raised if there is none.
+    ``converged``, ``n_steps_run``, ``runtime_s``, ``n_cells``, ``variational_params``; a
+    log-normal fit has ``laplace`` instead of ``variational_params``), not a copy. A ``KeyError`` listing the fits present is raised if there is none.
     """
     if not isinstance(adata, AnnData):
         raise TypeError(
@@ -38,10 +38,14 @@ def fit_result(adata: AnnData, *, key: str) -> dict:
     if not isinstance(key, str):
         raise TypeError(f"`key` must be a string (a fit's `key_added`), got {key!r}.")
     res = adata.uns.get(_keys.uns_key(key))
-    if not isinstance(res, dict) or "params" not in res or "variational_params" not in res:
-        fits = [
-            k for k, v in adata.uns.items() if isinstance(v, dict) and "variational_params" in v
-        ]
+
+    def is_fit(v):
+        return (
+            isinstance(v, dict) and "params" in v and ("variational_params" in v or "laplace" in v)
+        )
+
+    if not is_fit(res):
+        fits = [k for k, v in adata.uns.items() if is_fit(v)]
         raise KeyError(
             f"`key`={key!r}: no scnbtools fit under this key in `adata.uns` (fits found: "
             f"{', '.join(map(repr, fits)) or 'none'}). Pass one of those as `key=`, or run e.g. "
@@ -59,6 +63,16 @@ def component_names(res: dict, n_components: int | None = None) -> list[str]:
     if comps is not None:
         return [str(c) for c in np.asarray(comps).ravel().tolist()]
     return [f"component_{k}" for k in range(int(n_components or 0))]
+
+
+def _require_posterior(res: dict, key: str, fn: str) -> None:
+    if "variational_params" not in res:
+        raise ValueError(
+            f"`{fn}` reads an NB-family posterior, but {key!r} is a "
+            f"{res['params'].get('model')!r} Laplace fit with point estimates of its globals: "
+            f"read them from `adata.varm['{key}_mean']` / `['{key}_W']`, or use "
+            "`snb.get.correlation` / `snb.get.W_compositional`."
+        )
 
 
 def fit_spec(res: dict):
@@ -90,6 +104,7 @@ def posterior_df(adata: AnnData, *, key: str, param: str) -> pd.DataFrame:
     (indexed by the parameter name) for a global one.
     """
     res = fit_result(adata, key=key)
+    _require_posterior(res, key, "posterior_df")
     glob = res.get("global", {})
     if not isinstance(param, str):
         raise TypeError(f"`param` must be a string, got {param!r}.")
@@ -157,6 +172,7 @@ def posterior_samples(
     from ..tl._nb_write import redraw
 
     res = fit_result(adata, key=key)
+    _require_posterior(res, key, "posterior_samples")
     spec = fit_spec(res)
     n = check_positive_int(n_samples, "n_samples")
     seed = resolve_rng(rng)

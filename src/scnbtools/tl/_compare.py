@@ -1,4 +1,5 @@
-"""``tl.compare_models``: WAIC / PSIS-LOO comparison of NB-family fits stored in one AnnData."""
+"""``tl.compare_models``: WAIC / PSIS-LOO comparison of NB-family and log-normal fits stored in
+one AnnData."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .. import _keys
 from .._core import loo
 from .._core.engine import cell_logliks, cell_rows
+from .._core.infer.laplace import D_FLOOR, gene_cavity_elpd
 from .._core.pointwise import gene_loglik_draws
 from .._validate import (
     check_adata,
@@ -26,6 +29,46 @@ from ._nb_write import redraw
 __all__ = ["compare_models"]
 
 _UNITS = ("auto", "cell", "gene")
+
+
+_LOGNORMAL = ("pln", "nbln")
+
+
+def _lognormal_elpd(adata, key, res, spec):
+    """Per-gene elpd of a Laplace fit: each count predicted from its cell's other genes
+    (the cavity of the cell's Laplace posterior), summed over cells."""
+    layer = res["params"].get("layer", "X")
+    counts = counts_from(adata, None if layer == "X" else layer, allow_empty_genes=True)
+    if int(res.get("n_cells", counts.n_cells)) != counts.n_cells:
+        raise ValueError(
+            f"the fit {key!r} was made on {int(res['n_cells'])} cells but adata has "
+            f"{counts.n_cells}; compare fits on the AnnData they were fitted to."
+        )
+    lap = res["laplace"]
+    params = {
+        "mu": np.asarray(lap["mu"]),
+        "W": np.asarray(lap["W"]),
+        "log_d": np.log(np.maximum(np.asarray(lap["d"]) - D_FLOOR, 1e-30)),
+    }
+    if "r" in lap:
+        params["log_r"] = np.log(np.asarray(lap["r"]))
+    X = counts.X
+    U = np.asarray(X.toarray() if hasattr(X, "toarray") else X, dtype=np.float32)
+    x_hat = np.asarray(adata.obsm[_keys.latent_key(key)], np.float32)
+    elpd_i, lppd_i = gene_cavity_elpd(
+        U, x_hat, np.asarray(lap["eta"], np.float32), params, spec.obs
+    )
+    n = elpd_i.size
+    return {  # no "criterion" entry: loo.compare takes it as a plain per-unit elpd
+        "elpd_i": elpd_i,
+        "lppd_i": lppd_i,
+        "p_i": lppd_i - elpd_i,
+        "elpd": float(elpd_i.sum()),
+        "p_eff": float((lppd_i - elpd_i).sum()),
+        "se": float(np.sqrt(n * elpd_i.var())),
+        "n_bad_k": 0,
+        "n_units": n,
+    }
 
 
 def _pointwise(adata, key, res, spec, unit, n_samples, seed):
@@ -61,7 +104,7 @@ def compare_models(
     key_added: str = "model_comparison",
     copy: bool = False,
 ) -> pd.DataFrame:
-    """Compare NB-family fits of the same data by WAIC or PSIS-LOO.
+    """Compare NB-family and log-normal (PLN / NBLN) fits of the same data by WAIC or PSIS-LOO.
 
     The expected log pointwise predictive density (elpd) of each fit is estimated from
     ``n_samples`` posterior draws; higher is better. This answers e.g. "NB or ZINB for my
@@ -81,8 +124,14 @@ def compare_models(
         compared this way) or ``"gene"`` (a gene's counts in every cell). ``"auto"`` uses
         genes when a capture model (``nbvcp``, ``zinbvcp``) without mixture components is
         compared — its per-cell capture probability is a cell-local parameter, so leaving a
-        cell out is ill-posed — and cells otherwise. For single-component fits the per-gene
-        comparison is also computed when ``unit="cell"``.
+        cell out is ill-posed — or log-normal fits are compared (each cell's latent log-rates
+        are cell-local), and cells otherwise.
+        Log-normal fits (compared with each other only) use neither PSIS nor WAIC: each
+        count ``u_gc`` is predicted from the cell's other genes through the cavity of the
+        cell's Laplace posterior (the posterior with gene ``g``'s own likelihood removed),
+        ``log ∫ p(u_gc | x) N(x; m_gc, 1/τ_gc) dx`` by Gauss–Hermite, summed over cells per
+        gene (``criterion`` is then ignored; ``n_bad_k`` is 0). For
+        single-component fits the per-gene comparison is also computed when ``unit="cell"``.
     n_samples
         Posterior draws used (MCMC fits: resampled from the stored draws).
     rng
@@ -122,9 +171,10 @@ def compare_models(
     fits = {}
     for k in keys:
         res = fit_result(adata, key=k)
-        if str(res["params"].get("model")) not in ("nbdm", "zinb", "nbvcp", "zinbvcp"):
+        if str(res["params"].get("model")) not in ("nbdm", "zinb", "nbvcp", "zinbvcp", *_LOGNORMAL):
             raise ValueError(
-                f"fit {k!r} is not an NB-family fit; compare_models needs NB-family fits."
+                f"fit {k!r} is not an NB-family or log-normal fit; compare_models needs "
+                "NB-family (tl.fit_*) or PLN / NBLN (tl.fit_pln, tl.fit_nbln) fits."
             )
         fits[k] = (res, fit_spec(res))
     layers = {str(r["params"].get("layer", "X")) for r, _ in fits.values()}
@@ -132,20 +182,42 @@ def compare_models(
         raise ValueError(
             f"the fits use different count layers ({sorted(layers)}); they must share the data."
         )
-    mixtures = [k for k, (_, s) in fits.items() if s.n_components > 1]
-    capture = [k for k, (_, s) in fits.items() if s.config.get("capture")]
+    lognormal = [k for k, (r, _) in fits.items() if str(r["params"].get("model")) in _LOGNORMAL]
+    mixtures = [k for k, (_, s) in fits.items() if getattr(s, "n_components", 1) > 1]
+    capture = [k for k, (_, s) in fits.items() if k in lognormal or s.config.get("capture")]
     if unit == "auto":
         unit = "gene" if (capture and not mixtures) else "cell"
+    if lognormal and len(lognormal) != len(fits):
+        others = [k for k in fits if k not in lognormal]
+        raise ValueError(
+            f"log-normal fits ({', '.join(lognormal)}) are compared by predicting each count "
+            f"from its cell's other genes, NB-family fits ({', '.join(others)}) by posterior "
+            "draws: the two criteria are not on one scale. Compare log-normal fits with each "
+            "other, and NB-family fits with each other."
+        )
+    if unit == "cell" and lognormal:
+        raise ValueError(
+            f"per-cell comparison is ill-posed for log-normal fits ({', '.join(lognormal)}): "
+            "each cell's latent log-rates are its own parameters. Use unit='gene' (or 'auto')."
+        )
     if unit == "gene" and mixtures:
         raise ValueError(
             f"per-gene comparison is not defined for mixtures ({', '.join(mixtures)}): a cell's "
             "component couples all its genes. Use unit='cell'."
         )
     score = loo.psis_loo if criterion == "loo" else loo.waic
-    results = {
-        k: score(_pointwise(adata, k, r, s, unit, n_samples, seed)) for k, (r, s) in fits.items()
-    }
-    table = pd.DataFrame(loo.compare(results, criterion=criterion)).set_index("model")
+    if lognormal:
+        results = {k: _lognormal_elpd(adata, k, r, s) for k, (r, s) in fits.items()}
+    else:
+        results = {
+            k: score(_pointwise(adata, k, r, s, unit, n_samples, seed))
+            for k, (r, s) in fits.items()
+        }
+    table = pd.DataFrame(
+        loo.compare(results, criterion="loo" if lognormal else criterion)
+    ).set_index("model")
+    if lognormal:
+        criterion = "cavity"
     table.index = table.index.astype(str)
     entry = {
         "table": table,
