@@ -20,6 +20,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from .. import _keys, get
 from .._core.models import get_model
 from .._validate import check_bool, check_positive_int, get_matrix, resolve_rng
+from ..get._lognormal import is_lognormal_fit
 from ..get._posterior import component_names
 from ._nb_moments import FitKind, canonical_draws, fit_kind, point_params
 from ._utils import check_show, finish, make_axes
@@ -649,7 +650,7 @@ def ppc(
     adata: AnnData,
     *,
     key: str = "zinb",
-    ppc_level: str = "marginal",
+    ppc_level: str | None = None,
     genes: str | Sequence[str] | None = None,
     n_genes: int | None = None,
     cells: str | Sequence[str] | None = None,
@@ -684,6 +685,16 @@ def ppc(
     outside the 90 % interval. The title gives the library size (and ``ν_c``, the most
     probable component) and how many genes fall outside; about 10 % is expected.
 
+    Log-normal fits (``tl.fit_pln`` / ``tl.fit_nbln``) draw the same panels at three levels:
+    ``"library_anchored"`` (default) — fresh compositions ``softmax`` of ``x ~ MVN(μ, Σ)``
+    (with NBLN burst noise) and each cell's observed library size as its total, which tests
+    the compositional fit; ``"marginal"`` — fresh ``x`` and each cell's ``η_c`` (from its
+    Laplace posterior), totals from the model, the full generative test; ``"per_cell"`` —
+    the cells' MAP log-rates ``obsm[f"{key}_x"]`` plus observation noise. Parameters a
+    cascade froze (``r``, ``η``) are drawn from the source fit's posterior. The
+    library-anchored check simulates every gene of every cell per draw (cost
+    ``n_samples × cells × genes``); lower ``n_samples`` on large data.
+
     Parameters
     ----------
     adata
@@ -691,7 +702,9 @@ def ppc(
     key
         The fit's ``key_added``.
     ppc_level
-        ``"marginal"`` (count histograms pooled over cells) or ``"per_cell"``.
+        ``"marginal"`` (count histograms pooled over cells) or ``"per_cell"``; for a
+        log-normal fit (PLN / NBLN) also ``"library_anchored"``. ``None`` means the fit's
+        default: ``"marginal"``, or ``"library_anchored"`` for a log-normal fit (see below).
     genes
         Gene name(s) to plot. ``None`` picks ``n_genes`` genes at evenly spaced quantiles
         (25 % to 99.5 %) of the observed mean count, from lowly to highly expressed.
@@ -735,6 +748,28 @@ def ppc(
     single Axes when there is one panel; the Figure with ``return_fig=True``; ``None`` when
     shown.
     """
+    if is_lognormal_fit(adata, key):
+        from ._lognormal import ppc_lognormal
+
+        return ppc_lognormal(
+            adata,
+            key=key,
+            ppc_level=ppc_level,
+            genes=genes,
+            n_genes=n_genes,
+            cells=cells,
+            n_cells=n_cells,
+            n_samples=n_samples,
+            layer=layer,
+            rng=rng,
+            max_count=max_count,
+            log=log,
+            ncols=ncols,
+            ax=ax,
+            show=show,
+            return_fig=return_fig,
+        )
+    ppc_level = "marginal" if ppc_level is None else ppc_level
     res = get.fit_result(adata, key=key)
     if ppc_level not in _PPC_LEVELS:
         raise ValueError(
