@@ -8,12 +8,15 @@ from ._synthetic import (
     synthetic_zinb,
     synthetic_zinbvcp,
 )
+from ._synthetic_lognormal import synthetic_nbln, synthetic_pln
 
 __all__ = [
     "pbmc3k",
     "synthetic_mixture",
     "synthetic_nbdm",
+    "synthetic_nbln",
     "synthetic_nbvcp",
+    "synthetic_pln",
     "synthetic_zinb",
     "synthetic_zinbvcp",
 ]
