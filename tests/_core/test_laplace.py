@@ -300,3 +300,33 @@ def test_observation_models_against_scipy(obs_name):
             obs.loglik_t(jnp.asarray(t + 0.9), jnp.asarray(u), p)
         )
         np.testing.assert_allclose(diff, diff2, rtol=1e-9, atol=1e-6)
+
+
+def test_em_step_is_the_dense_factor_analysis_m_step():
+    """The GEMM-form M-step equals the dense update with S_c = Q_c⁻¹ formed explicitly."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        C, G, k = 40, 6, 2
+        mu = rng.normal(1, 0.3, G)
+        W = rng.normal(0, 0.4, (G, k))
+        log_d = np.log(rng.uniform(0.1, 0.3, G))
+        U = rng.poisson(np.exp(mu), (C, G)).astype(float)
+        cells = L._Cell(jnp.asarray(U), jnp.zeros(C), jnp.ones(C))
+        out = L.em_step(
+            jnp.log(jnp.asarray(U) + 0.5), jnp.zeros(C), cells, {}, jnp.asarray(mu),
+            jnp.asarray(W), jnp.asarray(log_d), poisson_obs, L.EtaMode(False),
+            update_mu=True, newton_iters=30,
+        )  # fmt: skip
+        X = np.asarray(out[0])
+        d = np.exp(log_d) + L.D_FLOOR
+        Sig = W @ W.T + np.diag(d)
+        S_sum = sum(np.linalg.inv(np.diag(np.exp(x)) + np.linalg.inv(Sig)) for x in X)
+        m = X.mean(0)
+        Sbar = (S_sum + (X - m).T @ (X - m)) / C
+        beta = W.T @ np.linalg.inv(Sig)
+        Minv = np.linalg.inv(np.eye(k) + W.T @ np.diag(1 / d) @ W)
+        W_ref = Sbar @ beta.T @ np.linalg.inv(Minv + beta @ Sbar @ beta.T)
+        d_ref = np.diag(Sbar - W_ref @ beta @ Sbar)
+        np.testing.assert_allclose(np.asarray(out[2]), m, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(out[3]), W_ref, atol=1e-10)
+        np.testing.assert_allclose(np.exp(np.asarray(out[4])) + L.D_FLOOR, d_ref, atol=1e-10)

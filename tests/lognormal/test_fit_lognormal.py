@@ -185,18 +185,33 @@ def test_cascade_aliases_give_identical_fits(cascade_fit):
     assert a.uns["alias"]["cascade"]["freeze"] == "r,eta"
 
 
-def test_freezing_eta_removes_gauge_contamination(cascade_fit):
-    """A latent eta with a weak prior leaves the per-cell gauge to the loadings; the
-    frozen cascade pins it (gauge fraction of the raw W along the all-ones direction)."""
+def test_gauge_invariant_quantities_agree_across_eta_treatments(cascade_fit):
+    """Frozen eta (cascade) and latent eta (capture prior) differ in the per-cell gauge,
+    which only the raw W's all-ones component sees; the gauge-invariant compositional
+    correlations (from W⊥) of the two fits agree, and agree with the truth's.
+
+    Not asserted: that freezing lowers the raw W's all-ones share. Measured on this
+    setting (300 cells, 25 genes, seeds 1–2) the frozen fits had the larger share (0.019
+    vs 0.014, 0.10 vs 0.05; truth 0.002): the source's per-cell eta errors leak into it.
+    """
     a = cascade_fit.copy()
     lib = np.asarray(a.X.sum(1)).ravel()
     _fit(
         snb.tl.fit_nbln, a, latent_dim=2, key_added="free",
         priors={"capture_efficiency": (float(np.log(np.median(lib) * 3)), 2.0)}, n_steps=150,
     )  # fmt: skip
-    free = snb.get.gauge_diagnostics(a, key="free")["fraction_total"]
-    frozen = snb.get.gauge_diagnostics(a, key="f_re")["fraction_total"]
-    assert frozen < free
+    off = ~np.eye(a.n_vars, dtype=bool)
+    c_free = snb.get.correlation(a, key="free", compositional=True).to_numpy()[off]
+    c_frozen = snb.get.correlation(a, key="f_re", compositional=True).to_numpy()[off]
+    W = a.varm["true_W"]
+    Wp = W - W.mean(0)
+    S = Wp @ Wp.T + np.diag(a.var["true_d"].to_numpy())
+    c_true = (S / np.sqrt(np.outer(np.diag(S), np.diag(S))))[off]
+    assert np.corrcoef(c_free, c_frozen)[0, 1] > 0.9
+    assert np.corrcoef(c_frozen, c_true)[0, 1] > 0.8
+    for key in ("free", "f_re"):
+        g = snb.get.gauge_diagnostics(a, key=key)
+        assert 0.0 <= g["fraction_total"] < 1.0
 
 
 # ----------------------------------------------------------------------------- contract

@@ -40,6 +40,8 @@ __all__ = ["fit_nbln", "fit_pln"]
 
 #: dense entries per outer step above which ``batch_size="auto"`` uses cell minibatches
 _STEP_ENTRIES = 2**22
+#: the EM warm start works on all cells at once: skipped above this many count entries
+_EM_ENTRIES = 2**25
 #: cells used to initialise the covariance
 _INIT_CELLS = 2000
 _NEG_SHAPE = 0.5
@@ -137,6 +139,7 @@ def _fit(
     progress_bar,
     copy,
     call_args: dict[str, Any],
+    em_steps: int = 0,
 ):
     check_adata(adata)
     spec = get_model(model)
@@ -151,6 +154,7 @@ def _fit(
     tol = check_positive_float(tol, "tol")
     newton_tol = check_positive_float(newton_tol, "newton_tol")
     inner_steps = check_positive_int(inner_steps, "inner_steps")
+    em_steps = check_positive_int(em_steps, "em_steps", 0)
     cascade_draws = check_positive_int(cascade_draws, "cascade_draws", 2)
     seed = resolve_rng(rng)
     show = resolve_progress(progress_bar)
@@ -245,6 +249,7 @@ def _fit(
         inner_steps=inner_steps,
         tol=tol,
         newton_tol=newton_tol,
+        em_steps=em_steps if C * G <= _EM_ENTRIES else 0,
         rng_key=jax.random.PRNGKey(seed),
         progress_bar=show,
         desc=f"{model} Laplace",
@@ -339,6 +344,11 @@ _COMMON_DOC = """
         from their previous modes).
     newton_tol
         Newton decrement (nats) at which a cell's final solve counts as converged.
+    em_steps
+        Closed-form Laplace-EM iterations before the Adam phase (Newton on every cell, then
+        the factor-analysis M-step of ``mu``, ``W``, ``d`` under each cell's Gaussian
+        posterior); a warm start that lets Adam start near the optimum. 0 skips it; it is
+        also skipped above 2²⁵ count entries (it holds all cells at once).
     progress_bar
         Show a tqdm bar; ``None`` follows ``snb.settings.progress_bar``.
     copy
@@ -383,11 +393,12 @@ def fit_pln(
     tol: float = 1e-5,
     inner_steps: int = 2,
     newton_tol: float = 1e-4,
+    em_steps: int = 20,
     progress_bar: bool | None = None,
     copy: bool = False,
 ) -> AnnData | None:
     """Fit a Poisson log-normal model with low-rank covariance by Laplace-EM."""
-    call = {"n_steps": n_steps, "learning_rate": learning_rate,
+    call = {"em_steps": em_steps, "n_steps": n_steps, "learning_rate": learning_rate,
             "tol": tol, "inner_steps": inner_steps, "newton_tol": newton_tol}  # fmt: skip
     return _fit(
         adata,
@@ -411,6 +422,7 @@ def fit_pln(
         progress_bar=progress_bar,
         copy=copy,
         call_args=call,
+        em_steps=em_steps,
     )
 
 
@@ -433,6 +445,7 @@ def fit_nbln(
     tol: float = 1e-5,
     inner_steps: int = 2,
     newton_tol: float = 1e-4,
+    em_steps: int = 20,
     progress_bar: bool | None = None,
     copy: bool = False,
 ) -> AnnData | None:
@@ -446,6 +459,7 @@ def fit_nbln(
         "informative_priors_from": informative_priors_from or "",
         "informative_priors_tau": informative_priors_tau,
         "cascade_draws": cascade_draws,
+        "em_steps": em_steps,
         "n_steps": n_steps,
         "learning_rate": learning_rate,
         "tol": tol,
@@ -474,6 +488,7 @@ def fit_nbln(
         progress_bar=progress_bar,
         copy=copy,
         call_args=call,
+        em_steps=em_steps,
     )
 
 
