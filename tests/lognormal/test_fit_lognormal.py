@@ -366,3 +366,21 @@ def test_generic_fit_points_to_the_laplace_front_end(small):
     with pytest.raises(ValueError, match=r"snb\.tl\.fit_nbln"):
         snb.tl.fit(small.copy(), model="nbln")
     assert "nbln" in snb.tl.available_models().index
+
+
+def test_numpy_scalar_priors_accepted_and_loss_plot_labelled(small):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a = small.copy()
+    lib = np.asarray(a.X.sum(1)).ravel()  # float32: np.log gives np.float32
+    _fit(
+        snb.tl.fit_nbln, a, latent_dim=1, n_steps=20, em_steps=1,
+        priors={"capture_efficiency": (np.log(np.median(lib) * 3), np.float64(0.5))},
+    )  # fmt: skip
+    assert a.uns["nbln"]["params"]["eta_kind"] == "capture_prior"
+    fig = snb.pl.loss(a, key="nbln", return_fig=True)
+    assert "Laplace log marginal" in " ".join(t.get_text() for t in fig.axes[0].texts)
+    plt.close(fig)

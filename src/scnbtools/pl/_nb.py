@@ -71,7 +71,8 @@ def loss(
     show: bool | None = None,
     return_fig: bool = False,
 ):
-    """Loss (negative ELBO) trace of a fit, with the learning-rate reductions marked.
+    """Loss trace of a fit (negative ELBO; for a log-normal fit the negative Laplace log
+    marginal per cell), with the learning-rate reductions marked.
 
     The raw per-step loss is drawn thin and its running mean over 100 steps (the span over
     which the optimiser judges progress) thick; dashed vertical lines mark the steps where
@@ -110,6 +111,7 @@ def loss(
             f"`adata.uns[{key!r}]['loss']` is empty or not finite; refit with `key_added={key!r}`."
         )
     lr = np.asarray(res.get("learning_rate", np.zeros(trace.size)), dtype=np.float64).ravel()
+    what = "negative Laplace log marginal per cell" if "laplace" in res else "negative ELBO"
     fig, (a,) = make_axes(ax, 1, panel_size=(5.5, 3.5))
 
     steps = np.arange(1, trace.size + 1)
@@ -128,7 +130,7 @@ def loss(
         a.text(
             0.98,
             0.97,
-            f"min loss (negative ELBO) = {lowest:,.0f}",
+            f"min loss ({what}) = {lowest:,.{0 if abs(lowest) >= 1e4 else 2}f}",
             transform=a.transAxes,
             ha="right",
             va="top",
@@ -136,7 +138,7 @@ def loss(
             bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1.5},
         )
     else:
-        a.set_ylabel("loss (negative ELBO)")
+        a.set_ylabel(f"loss ({what})")
     cuts = np.flatnonzero(np.diff(lr) != 0) + 1 if lr.size == trace.size else np.array([], int)
     for i, c in enumerate(cuts):
         a.axvline(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -136,8 +137,10 @@ def check_priors(priors, model: str) -> dict[str, Any]:
     for name in ("capture_efficiency", "r"):
         if name in priors:
             v = priors[name]
-            ok = isinstance(v, Sequence) and len(v) == 2
-            ok = ok and all(isinstance(a, int | float) and np.isfinite(a) for a in v)
+            ok = isinstance(v, Sequence | np.ndarray) and len(v) == 2
+            ok = ok and all(
+                isinstance(a, Real) and not isinstance(a, bool) and np.isfinite(a) for a in v
+            )
             if not ok or v[1] <= 0:
                 what = (
                     "(log M0, sigma)" if name == "capture_efficiency" else "(loc, scale) of log r"
