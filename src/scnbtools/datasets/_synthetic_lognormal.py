@@ -292,9 +292,9 @@ _MODEL_DOC = """
     of the empirical covariance ``S`` of the true latent ``x``, is 0.033 at 5,000 cells
     (seed 0; 0.023–0.038 over seeds 0–9), and the best rank-5 approximation of ``Σ`` (no
     diagonal) is 0.019 from it. ``sigma2`` was chosen so that pyPLNmodels' ``PlnPCA`` (rank
-    5, known offsets) behaves there as in the issue's reference setting: about 0.2 after its
-    default 400 iterations and about 0.06 after 2,000 (0.27 and 0.06 at ``sigma2=0.3``, 0.14
-    and 0.07 at 0.2; larger ``sigma2`` makes its fit slower still). The floor is about
+    5, known offsets) behaves there as in the issue's reference setting (0.18 and 0.064): its
+    Σ error is 0.20 after its default 400 iterations and 0.066 after 2,000 (0.27 and 0.06 at
+    ``sigma2=0.3``, 0.14 and 0.07 at 0.2, 0.34 and 0.085 at 0.5). The floor is about
     ``≈ sqrt((tr(Σ)² / ‖Σ‖_F² + 1) / n_obs)``."""
 
 _PARAMS_DOC = """
