@@ -367,22 +367,7 @@ def synthetic_pln(
     eta: ArrayLike | None = None,
     return_latent: bool = False,
 ) -> AnnData:
-    return _simulate(
-        "pln",
-        n_obs,
-        n_vars,
-        rank=rank,
-        rng=rng,
-        mean_range=mean_range,
-        sigma2=sigma2,
-        lowrank_share=lowrank_share,
-        decay=decay,
-        offsets=offsets,
-        offset_sd=offset_sd,
-        capture_prior=capture_prior,
-        eta=eta,
-        return_latent=return_latent,
-    )
+    return _simulate("pln", **locals())
 
 
 def synthetic_nbln(
@@ -403,24 +388,7 @@ def synthetic_nbln(
     eta: ArrayLike | None = None,
     return_latent: bool = False,
 ) -> AnnData:
-    return _simulate(
-        "nbln",
-        n_obs,
-        n_vars,
-        rank=rank,
-        rng=rng,
-        mean_range=mean_range,
-        sigma2=sigma2,
-        lowrank_share=lowrank_share,
-        decay=decay,
-        offsets=offsets,
-        offset_sd=offset_sd,
-        capture_prior=capture_prior,
-        eta=eta,
-        return_latent=return_latent,
-        r=r,
-        r_prior=r_prior,
-    )
+    return _simulate("nbln", **locals())
 
 
 synthetic_pln.__doc__ = (

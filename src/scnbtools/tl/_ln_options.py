@@ -193,8 +193,6 @@ def cascade_from(
             f"`informative_priors_from`={source!r} is a mixture fit; the cascade needs a "
             "single-component NBVCP fit."
         )
-    vp = res.get("variational_params", {})
-    gene_dims = {np.shape(v)[-1] for k, v in vp.items() if np.ndim(v) >= 1 and "cell" not in k}
     n_src_cells = int(res.get("n_cells", adata.n_obs))
     if n_src_cells != adata.n_obs:
         raise ValueError(
@@ -202,18 +200,12 @@ def cascade_from(
             f"{adata.n_obs}: cells differ between the source fit and this AnnData; refit the "
             "source on this AnnData."
         )
-    frame = adata.varm.get(f"{source}_mean")
-    if frame is None or adata.n_vars not in gene_dims:
-        raise ValueError(
-            f"genes differ between the source fit {source!r} and this AnnData (the source's "
-            f"parameters have {sorted(gene_dims)} genes, `adata` has {adata.n_vars}); refit the "
-            "source on this AnnData."
-        )
     draws = posterior_samples(adata, key=source, n_samples=n_draws, rng=seed)
-    if draws["r"].shape[-1] != adata.n_vars or draws["nu"].shape[-1] != adata.n_obs:
+    n_src_genes = np.shape(draws["r"])[-1]
+    if n_src_genes != adata.n_vars:
         raise ValueError(
-            f"genes or cells differ between the source fit {source!r} and this AnnData; refit "
-            "the source on this AnnData."
+            f"genes differ between the source fit {source!r} and this AnnData (the source has "
+            f"{n_src_genes} genes, `adata` has {adata.n_vars}); refit the source on this AnnData."
         )
 
     def ms(a):

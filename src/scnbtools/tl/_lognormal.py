@@ -13,6 +13,7 @@ from anndata import AnnData
 
 from .._core.infer.laplace import EtaMode, run_laplace
 from .._core.models import get_model
+from .._design import _plain
 from .._logging import logger
 from .._validate import (
     check_adata,
@@ -138,8 +139,7 @@ def _fit(
     newton_tol,
     progress_bar,
     copy,
-    call_args: dict[str, Any],
-    em_steps: int = 0,
+    em_steps: int,
 ):
     check_adata(adata)
     spec = get_model(model)
@@ -268,9 +268,17 @@ def _fit(
         )
     target = adata.copy() if copy else adata
     params = {
-        **call_args,
-        "priors": _plain_priors(priors),
+        "priors": _plain(dict(priors)),
+        "informative_priors_from": informative_priors_from or "",
+        "informative_priors_tau": float(informative_priors_tau),
         "informative_priors_freeze": ",".join(freeze),
+        "cascade_draws": cascade_draws,
+        "em_steps": em_steps,
+        "n_steps": n_steps,
+        "learning_rate": learning_rate,
+        "tol": tol,
+        "inner_steps": inner_steps,
+        "newton_tol": newton_tol,
         "model": model,
         "key_added": key,
         "layer": "X" if layer is None else layer,
@@ -289,18 +297,6 @@ def _fit(
         loadings=(kind, tau0),
     )  # fmt: skip
     return target if copy else None
-
-
-def _plain_priors(priors) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in (priors or {}).items():
-        if isinstance(v, Mapping):
-            out[k] = {str(a): (str(b) if isinstance(b, str) else float(b)) for a, b in v.items()}
-        elif isinstance(v, str):
-            out[k] = {"type": v}
-        else:
-            out[k] = [float(a) for a in v]
-    return out
 
 
 _COMMON_DOC = """
@@ -398,31 +394,15 @@ def fit_pln(
     copy: bool = False,
 ) -> AnnData | None:
     """Fit a Poisson log-normal model with low-rank covariance by Laplace-EM."""
-    call = {"em_steps": em_steps, "n_steps": n_steps, "learning_rate": learning_rate,
-            "tol": tol, "inner_steps": inner_steps, "newton_tol": newton_tol}  # fmt: skip
+    kw = dict(locals())
     return _fit(
-        adata,
+        kw.pop("adata"),
         model="pln",
-        latent_dim=latent_dim,
         informative_priors_from=None,
         informative_priors_tau=1.0,
         informative_priors_freeze=(),
         cascade_draws=200,
-        offset_key=offset_key,
-        priors=priors,
-        layer=layer,
-        key_added=key_added,
-        rng=rng,
-        batch_size=batch_size,
-        n_steps=n_steps,
-        learning_rate=learning_rate,
-        tol=tol,
-        inner_steps=inner_steps,
-        newton_tol=newton_tol,
-        progress_bar=progress_bar,
-        copy=copy,
-        call_args=call,
-        em_steps=em_steps,
+        **kw,
     )
 
 
@@ -450,46 +430,8 @@ def fit_nbln(
     copy: bool = False,
 ) -> AnnData | None:
     """Fit an NB log-normal model with low-rank covariance by Laplace-EM."""
-    freeze = (
-        informative_priors_freeze
-        if informative_priors_freeze is None or isinstance(informative_priors_freeze, str)
-        else list(informative_priors_freeze)
-    )
-    call = {
-        "informative_priors_from": informative_priors_from or "",
-        "informative_priors_tau": informative_priors_tau,
-        "cascade_draws": cascade_draws,
-        "em_steps": em_steps,
-        "n_steps": n_steps,
-        "learning_rate": learning_rate,
-        "tol": tol,
-        "inner_steps": inner_steps,
-        "newton_tol": newton_tol,
-    }
-    return _fit(
-        adata,
-        model="nbln",
-        latent_dim=latent_dim,
-        informative_priors_from=informative_priors_from,
-        informative_priors_tau=informative_priors_tau,
-        informative_priors_freeze=freeze,
-        cascade_draws=cascade_draws,
-        offset_key=offset_key,
-        priors=priors,
-        layer=layer,
-        key_added=key_added,
-        rng=rng,
-        batch_size=batch_size,
-        n_steps=n_steps,
-        learning_rate=learning_rate,
-        tol=tol,
-        inner_steps=inner_steps,
-        newton_tol=newton_tol,
-        progress_bar=progress_bar,
-        copy=copy,
-        call_args=call,
-        em_steps=em_steps,
-    )
+    kw = dict(locals())
+    return _fit(kw.pop("adata"), model="nbln", **kw)
 
 
 fit_pln.__doc__ += f"""

@@ -122,6 +122,16 @@ def _k_matrix(pf: PriorFactor, a):
     return jnp.eye(k, dtype=a.dtype) + (a @ WW).reshape(k, k)
 
 
+def _q_diag(pf: PriorFactor, h):
+    """``ω``, ``K⁻¹`` and ``diag(Q⁻¹) = d ω + ω² diag(W K⁻¹ Wᵀ)`` of one cell (``h`` ≥ 0),
+    the last as ``K⁻¹ @ [W_gi W_gj]`` (a GEMM over the cells under ``vmap``)."""
+    k = pf.W.shape[1]
+    omega = 1.0 / (1.0 + pf.d * h)
+    Kinv = jnp.linalg.inv(_k_matrix(pf, h * omega))
+    WW = (pf.W[:, :, None] * pf.W[:, None, :]).reshape(pf.W.shape[0], k * k)
+    return omega, Kinv, pf.d * omega + omega * omega * (WW @ Kinv.reshape(-1))
+
+
 class _Cell(NamedTuple):
     u: jax.Array  # [G] counts
     eta_loc: jax.Array  # scalar: the fixed eta, or its prior location
@@ -348,12 +358,7 @@ def em_step(
     (X, E), _ = jax.lax.scan(newton, (X, E), None, length=newton_iters)
     g_h = jax.vmap(lambda x, e, u: obs.grad_hess(x - e, u, obs_params))
     _, H = g_h(X, E, cells.u)
-    H = jnp.maximum(H, 0.0)
-    omega = 1.0 / (1.0 + pf.d * H)  # [C, G]
-    WW = (W[:, :, None] * W[:, None, :]).reshape(G, k * k)
-    Kc = jnp.eye(k, dtype=X.dtype) + ((H * omega) @ WW).reshape(C, k, k)
-    Kinv = jnp.linalg.inv(Kc)  # [C, k, k]
-    v = pf.d * omega + omega * omega * (Kinv.reshape(C, k * k) @ WW.T)  # diag Q_c⁻¹
+    omega, Kinv, v = jax.vmap(lambda h: _q_diag(pf, h))(jnp.maximum(H, 0.0))
     mu_new = X.mean(0) if update_mu else mu
     R = X - mu_new
     beta = pf.Minv @ pf.Wd.T  # [k, G]
@@ -634,16 +639,11 @@ def gene_cavity_elpd(U, X, eta, params: dict, obs: Observation, *, n_nodes: int 
     z, w = np.polynomial.hermite.hermgauss(n_nodes)
     z = jnp.asarray(z, dtype)
     logw = jnp.asarray(np.log(w) - 0.5 * np.log(np.pi), dtype)
-    k = pf.W.shape[1]
-    WW = (pf.W[:, :, None] * pf.W[:, None, :]).reshape(G, k * k)
 
     def one(u, x, e):
         g_t, h = obs.grad_hess(x - e, u, op)
         h = jnp.maximum(h, 0.0)
-        omega = 1.0 / (1.0 + pf.d * h)
-        LK = jnp.linalg.cholesky(_k_matrix(pf, h * omega))
-        Kinv = cho_solve((LK, True), jnp.eye(k, dtype=dtype))
-        v = pf.d * omega + omega * omega * (WW @ Kinv.reshape(-1))  # diag of Q⁻¹
+        _, _, v = _q_diag(pf, h)  # diag of Q⁻¹
         tau = jnp.maximum(1.0 / v - h, 1e-8)
         m = x - g_t / tau
         nodes = x[:, None] + jnp.sqrt(2.0 * v)[:, None] * z[None, :]  # [G, n]
