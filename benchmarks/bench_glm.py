@@ -13,7 +13,8 @@ Same simulated matrices for every tool:
   float64 reference MLE (scipy L-BFGS-B per gene, started at the truth).
 
 Every timed fit runs in a fresh process (empty JIT caches: scnbtools times include
-compilation). Errors are mean absolute differences from the simulation truth: all mean
+compilation); our NB fits run three times, each in a fresh process, and the run with the
+median CPU time is reported (all three are listed). Errors are mean absolute differences from the simulation truth: all mean
 coefficients, and ``log r`` (NB size; glmGamPoi's overdispersion is ``1/r``).
 
 Usage (repository root)::
@@ -303,6 +304,22 @@ def _scdesigner(have_scd, python, path, kind, epochs, truth, args) -> dict:
     return {**_strip(scd), **_errors(scd, truth)}
 
 
+def _ours_median(me: str, path: Path, repeats: int) -> dict:
+    """Our NB fit in ``repeats`` fresh processes; the run with the median CPU time.
+
+    Our fit takes seconds, so one load spike on the shared machine moves it by tens of per
+    cent; the peers' fits take minutes and average such spikes out within one run."""
+    runs = [
+        run_worker(me, ["--worker", "ours", "--data", path, "--kind", "nb", "--dtype", "float32"])
+        for _ in range(max(1, repeats))
+    ]
+    runs.sort(key=lambda r: r["cpu_s"])
+    out = dict(runs[len(runs) // 2])
+    out["cpu_runs"] = [r["cpu_s"] for r in runs]
+    out["wall_runs"] = sorted(r["wall_s"] for r in runs)
+    return out
+
+
 def run(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench_glm_"))
     sizes = [(2000, 200), (5000, 200)] if args.quick else [(10_000, 2000), (50_000, 2000)]
@@ -330,9 +347,7 @@ def run(args) -> dict:
             truth = {"mean": d["B"].T, "dispersion": d["log_r"][None, :]}
             row = {"n": n, "g": g}
             print(f"== NB {n} x {g}", flush=True)
-            ours = run_worker(
-                me, ["--worker", "ours", "--data", path, "--kind", "nb", "--dtype", "float32"]
-            )
+            ours = _ours_median(me, path, args.ours_repeats)
             row["ours"] = {**_strip(ours), **_errors(ours, truth)}
             print("   ours", row["ours"], flush=True)
             ggp = run_glmgampoi(path, work, timeout=args.timeout)
@@ -387,7 +402,8 @@ def render(res: dict) -> str:
         f"{m.get('memory_gib')} GiB), load average {m.get('load_avg_1_5_15')} at the start (a "
         f"shared machine: compare the CPU-time ratios), {m.get('gpu')}; scnbtools "
         f"{m.get('scnbtools')}, jax {m.get('jax')}. Every fit ran in a fresh process; scnbtools "
-        "times include JAX compilation (the warm column is the same fit again in that process).",
+        "times include JAX compilation (the warm column is the same fit again in that process); "
+        "our NB fits ran three times, each in a fresh process, and the median-CPU run is shown.",
         "",
         "### NB, `mean = ~ x1 + x2`, one dispersion per gene (dense counts)",
         "",
@@ -405,7 +421,14 @@ def render(res: dict) -> str:
                 o.get("warm_cpu_s"),
                 o["err_mean"],
                 o["err_dispersion"],
-                f"{o['converged']}/{o['n_genes']} converged",
+                f"{o['converged']}/{o['n_genes']} converged"
+                + (
+                    f"; median of {len(o['cpu_runs'])} fresh processes (CPU s: "
+                    + ", ".join(f"{c:.2f}" for c in o["cpu_runs"])
+                    + ")"
+                    if len(o.get("cpu_runs", ())) > 1
+                    else ""
+                ),
             ]
         )
         if "skipped" in g:
@@ -619,13 +642,19 @@ def main() -> None:
         "--scd-epochs",
         type=int,
         nargs=2,
-        default=[150, 8],
+        default=[150, 40],
         help="scdesigner epoch caps for the two NB sizes (its default: 500, early stopping)",
     )
     ap.add_argument(
         "--scd-epochs-zinb", type=int, default=500, help="scdesigner epoch cap for ZINB"
     )
-    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per external fit")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per external fit")
+    ap.add_argument(
+        "--ours-repeats",
+        type=int,
+        default=3,
+        help="fresh-process runs of our NB fits (the median-CPU run is reported)",
+    )
     # worker mode
     ap.add_argument("--worker", choices=["ours", "scdesigner", "reference"])
     ap.add_argument("--data")

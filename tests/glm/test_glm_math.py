@@ -151,3 +151,20 @@ def test_reference_gradient_matches_finite_differences(family):
         return nll_and_grad(t, y, designs, off, family)[1]
 
     assert so.check_grad(f, g, theta, epsilon=1e-7) < 1e-4 * max(1.0, np.abs(g(theta)).max())
+
+
+@pytest.mark.parametrize("max_count", [40, 10**7])  # the bincount path and the sort fallback
+def test_count_triplets_are_each_genes_histogram(max_count):
+    rng = np.random.default_rng(3)
+    Yt = rng.poisson(rng.gamma(0.5, 4.0, size=(6, 300))).astype(float)
+    Yt[2] = 0.0  # an all-zero gene has no triplet
+    Yt[4, 7] = max_count
+    for group, n_groups in ((np.zeros(300, np.int64), 1), (rng.integers(0, 3, 300), 3)):
+        gene, grp, val, mult = glm._count_triplets(Yt, group, n_groups)
+        expected = {}
+        for g, c in zip(*np.nonzero(Yt), strict=True):
+            key = (g, group[c], Yt[g, c])
+            expected[key] = expected.get(key, 0) + 1
+        got = {(a, b, v): m for a, b, v, m in zip(gene, grp, val, mult, strict=True)}
+        assert got == expected
+        assert np.all(np.diff(gene) >= 0)  # gene-major, as _pad_triplets needs

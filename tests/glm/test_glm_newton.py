@@ -93,3 +93,26 @@ def test_unbounded_problem_stays_finite():
 def test_rejects_bad_theta_shape():
     with pytest.raises(ValueError, match="theta0"):
         newton_minimize(rosenbrock, jnp.zeros(2), {"a": 0.0, "c": 1.0}, 1.0)
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_asynchronous_and_either_build_give_the_same_result(quick):
+    theta0, data = _problems()
+    ref = newton_minimize(rosenbrock, theta0, data, 100.0, max_iter=300, tol=1e-12)
+    pending = newton_minimize(
+        rosenbrock,
+        theta0,
+        data,
+        100.0,
+        max_iter=300,
+        tol=1e-12,
+        asynchronous=True,
+        quick_compile=quick,
+    )
+    assert callable(pending)
+    res = pending()
+    assert res.n_eval == ref.n_eval
+    np.testing.assert_array_equal(res.status, ref.status)
+    # the unoptimised build may round differently; both reach the minimum
+    np.testing.assert_allclose(res.theta, ref.theta, rtol=1e-6, atol=1e-9)
+

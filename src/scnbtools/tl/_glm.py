@@ -193,8 +193,8 @@ def fit_glm(
         Convergence tolerance: half the squared Newton decrement, in log-likelihood
         units (the estimate is then within ``sqrt(2 tol)`` standard errors of the MLE).
     block_size
-        Genes per block (default: about half a million cells × genes per block, so the
-        per-cell arrays stay in cache).
+        Genes per block (default: about a quarter of a million cells × genes per block,
+        at least 8 genes, so the per-cell arrays stay in cache).
     rng
         Recorded for reproducibility; the fit itself is deterministic.
     progress_bar

@@ -94,8 +94,9 @@ def _all_finite(*xs):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]))
 
 
-def _solve(fgh, theta0, data, shared, max_step, opts):
-    # numeric options are traced (changing them never recompiles); only ``fgh`` is static
+def _solve(fgh, init, n_terms, theta0, data, shared, max_step, opts):
+    # numeric options are traced (changing them never recompiles); ``fgh``, ``init`` and
+    # ``n_terms`` are static
     max_iter, tol, armijo = opts["max_iter"], opts["tol"], opts["armijo"]
     min_alpha, rel_floor, slack = opts["min_alpha"], opts["rel_floor"], opts["slack"]
     stall_steps = opts["stall_steps"]
@@ -103,8 +104,12 @@ def _solve(fgh, theta0, data, shared, max_step, opts):
     vdir = jax.vmap(_direction, in_axes=(0, 0, None, None))
     dt = theta0.dtype
     eps = jnp.finfo(dt).eps
+    if init is not None:  # starting values computed here: no separate kernel to build
+        start = init(data, shared).astype(dt)
+        theta0 = jnp.where(opts["use_init"], jnp.where(jnp.isfinite(start), start, 0.0), theta0)
     B, P = theta0.shape
-    n_terms = jax.eval_shape(vfgh, theta0, data, shared)[0].shape[1]
+    if n_terms is None:
+        n_terms = jax.eval_shape(vfgh, theta0, data, shared)[0].shape[1]
     # Round-off floor of the squared decrement: gradients summed over N terms carry an error
     # ~ eps * N * |term| against curvature ~ N, so dec cannot be resolved below ~eps^2 N
     # (x100 for the cancellation between partial sums). Negligible in float64; in float32
@@ -129,7 +134,7 @@ def _solve(fgh, theta0, data, shared, max_step, opts):
     )
 
     def cond(state):
-        it, *_, status, _fresh, _stall = state
+        it, status = state[0], state[9]
         return (it < max_iter) & jnp.any(status == _RUNNING)
 
     def body(state):
@@ -181,12 +186,13 @@ def _solve(fgh, theta0, data, shared, max_step, opts):
     return theta, jnp.sum(terms.astype(wide), axis=1), g, H, n_acc, it, status
 
 
-_solve_optimized = jax.jit(_solve, static_argnames=("fgh",))
+_STATIC = ("fgh", "init", "n_terms")
+_solve_optimized = jax.jit(_solve, static_argnames=_STATIC)
 # LLVM's optimisation passes dominate the compile time of this loop (~2.6 s -> ~1.5 s on
 # CPU without them); for small problems, where the run itself takes milliseconds, the
 # unoptimised build is the faster one overall.
 _solve_quick = jax.jit(
-    _solve, static_argnames=("fgh",), compiler_options={"xla_backend_optimization_level": 0}
+    _solve, static_argnames=_STATIC, compiler_options={"xla_backend_optimization_level": 0}
 )
 #: problems x per-problem data elements below which the quickly compiled solver is used
 QUICK_COMPILE_ELEMENTS = 1 << 18
@@ -206,7 +212,12 @@ def newton_minimize(
     rel_floor: float | None = None,
     slack: float = 64.0,
     stall_steps: int = 3,
-) -> NewtonResult:
+    asynchronous: bool = False,
+    quick_compile: bool | None = None,
+    init: Callable[[Any, Any], jax.Array] | None = None,
+    use_init: bool = True,
+    n_terms: int | None = None,
+) -> NewtonResult | Callable[[], NewtonResult]:
     """Minimise ``B`` independent problems at once by damped (modified) Newton steps.
 
     Parameters
@@ -246,36 +257,65 @@ def newton_minimize(
         whose change of ``f`` was within that allowance (the round-off floor: this stops
         float32 fits whose gradient noise exceeds ``tol``, and estimates running off to
         a boundary such as an infinite NB size).
+    asynchronous
+        Return at once, with a function that waits for the solve and returns its
+        result: the caller can prepare the next batch of problems on the host meanwhile.
+    quick_compile
+        Compile without LLVM's optimisation passes (faster to build, slower to run: for
+        small jobs). Default: when ``data`` holds fewer than
+        :data:`QUICK_COMPILE_ELEMENTS` elements. A caller that solves many batches with
+        one compiled solver should decide from the size of the whole job.
+    init
+        ``init(data, shared) -> [B, P]`` starting values, computed inside the compiled
+        solver (a stable function, like ``fgh``); used instead of ``theta0`` (which then
+        only gives the shape and dtype) when ``use_init`` is true. Non-finite starts
+        become 0.
+    use_init
+        Whether to use ``init`` (a traced flag: both settings share one compiled solver).
+    n_terms
+        Number of terms ``fgh`` returns per problem, if the caller knows it (saves
+        tracing ``fgh`` once more to find out).
 
     Returns
     -------
-    :class:`NewtonResult` with per-problem ``status`` codes (see :data:`STATUS`).
+    :class:`NewtonResult` with per-problem ``status`` codes (see :data:`STATUS`), or
+    with ``asynchronous=True`` a function returning it.
     """
-    theta0 = jnp.asarray(theta0)
+    if not isinstance(theta0, jax.Array):
+        theta0 = jax.device_put(np.asarray(theta0))  # no device-side copy kernel to build
     if theta0.ndim != 2:
         raise ValueError(f"`theta0` must have shape [problems, parameters], got {theta0.shape}.")
     if rel_floor is None:
         rel_floor = float(np.finfo(theta0.dtype).eps ** 0.75)
-    max_step = jnp.broadcast_to(jnp.asarray(max_step, theta0.dtype), theta0.shape[1:])
-    dt = theta0.dtype
+    dt = np.dtype(theta0.dtype)
+    # host-side casts (a device-side cast compiles one small kernel per dtype and shape)
+    max_step = np.broadcast_to(np.asarray(max_step, dt), theta0.shape[1:])
     opts = {
-        "max_iter": jnp.asarray(int(max_iter), jnp.int32),
-        "tol": jnp.asarray(tol, dt),
-        "armijo": jnp.asarray(armijo, dt),
-        "min_alpha": jnp.asarray(min_alpha, dt),
-        "rel_floor": jnp.asarray(rel_floor, dt),
-        "slack": jnp.asarray(slack, dt),
-        "stall_steps": jnp.asarray(int(stall_steps), jnp.int32),
+        "max_iter": np.asarray(int(max_iter), np.int32),
+        "tol": np.asarray(tol, dt),
+        "armijo": np.asarray(armijo, dt),
+        "min_alpha": np.asarray(min_alpha, dt),
+        "rel_floor": np.asarray(rel_floor, dt),
+        "slack": np.asarray(slack, dt),
+        "stall_steps": np.asarray(int(stall_steps), np.int32),
+        "use_init": np.asarray(bool(use_init)),
     }
-    size = sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(data))
-    solve = _solve_quick if size < QUICK_COMPILE_ELEMENTS else _solve_optimized
-    theta, f, g, H, n_acc, it, status = solve(fgh, theta0, data, shared, max_step, opts)
-    return NewtonResult(
-        theta=np.asarray(theta),
-        value=np.asarray(f),
-        grad=np.asarray(g),
-        hess=np.asarray(H),
-        n_iter=np.asarray(n_acc),
-        n_eval=int(it),
-        status=np.asarray(status),
-    )
+    if quick_compile is None:
+        size = sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(data))
+        quick_compile = size < QUICK_COMPILE_ELEMENTS
+    solve = _solve_quick if quick_compile else _solve_optimized
+    out = solve(fgh, init, n_terms, theta0, data, shared, max_step, opts)  # not waited for
+
+    def collect() -> NewtonResult:
+        theta, f, g, H, n_acc, it, status = out
+        return NewtonResult(
+            theta=np.asarray(theta),
+            value=np.asarray(f),
+            grad=np.asarray(g),
+            hess=np.asarray(H),
+            n_iter=np.asarray(n_acc),
+            n_eval=int(it),
+            status=np.asarray(status),
+        )
+
+    return collect if asynchronous else collect()

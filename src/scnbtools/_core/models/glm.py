@@ -49,7 +49,7 @@ import scipy.stats as st
 from jax.nn import softplus
 
 from ..data import CountData
-from ..infer.newton import STATUS, newton_minimize
+from ..infer.newton import QUICK_COMPILE_ELEMENTS, STATUS, newton_minimize
 from ..likelihoods import nb_logpmf, poisson_logpmf, zinb_logpmf, zip_logpmf
 
 __all__ = [
@@ -68,8 +68,10 @@ __all__ = [
 GLM_STATUS: tuple[str, ...] = (*STATUS, "all_zero")
 _ALL_ZERO = len(STATUS)
 _MAX_ITER = STATUS.index("max_iter")
-#: evaluations per block before the unfinished genes are regrouped (see fit_glm_counts)
-_PHASE1_EVALS = 8
+#: evaluations per block before the unfinished genes are regrouped (see fit_glm_counts):
+#: most genes converge after three or four Newton steps (plus the evaluation of the start),
+#: so a longer first phase mostly re-evaluates genes that are already done
+_PHASE1_EVALS = 5
 
 # --------------------------------------------------------------------------- special functions
 _SHIFT = 8  # recurrence steps before the asymptotic series (argument >= 8)
@@ -365,13 +367,19 @@ def _glm_fgh(family: GLMFamily, theta, data, shared):
     return terms, gg, H
 
 
-_FGH_CACHE: dict[str, Callable] = {}
+def _glm_init(family: GLMFamily, data, shared):
+    """Starting values of a block of genes (computed inside the compiled solver)."""
+    start = partial(_start_values, params=family.params)
+    return jax.vmap(start, in_axes=(0, None))(data["y"], shared["start"])
 
 
-def _fgh_for(family: GLMFamily) -> Callable:
-    """One stable function object per family, so jit caches across fits."""
+_FGH_CACHE: dict[str, tuple[Callable, Callable]] = {}
+
+
+def _fgh_for(family: GLMFamily) -> tuple[Callable, Callable]:
+    """One stable ``(fgh, init)`` pair per family, so jit caches across fits."""
     if family.name not in _FGH_CACHE:
-        _FGH_CACHE[family.name] = partial(_glm_fgh, family)
+        _FGH_CACHE[family.name] = (partial(_glm_fgh, family), partial(_glm_init, family))
     return _FGH_CACHE[family.name]
 
 
@@ -383,7 +391,6 @@ def _const_coef(X: np.ndarray) -> tuple[np.ndarray, bool]:
     return c, ok
 
 
-@partial(jax.jit, static_argnames=("params",))
 def _start_values(y, sh, *, params):
     """Per-gene starting values (vmapped over genes outside): moments and least squares."""
     out = []
@@ -427,6 +434,16 @@ def _count_triplets(Yt: np.ndarray, group: np.ndarray | None, n_groups: int):
     row are pooled, so ``dispersion="~ 1"`` gives each gene's count histogram.
     """
     Gb = Yt.shape[0]
+    if group is not None and n_groups == 1:
+        # one group (``dispersion="~ 1"``): histogram every row by one bincount over the
+        # dense block, no list of the non-zero entries needed
+        V = int(Yt.max(initial=0)) + 1
+        if Gb * V <= max(4 * Yt.size, 1 << 20):
+            key = Yt.astype(np.int64) + (np.arange(Gb, dtype=np.int64) * V)[:, None]
+            cnt = np.bincount(key.ravel(), minlength=Gb * V).reshape(Gb, V)
+            cnt[:, 0] = 0  # zeros carry no count term
+            gi, vals = np.nonzero(cnt)
+            return gi, np.zeros(gi.shape[0], np.int64), vals, cnt[gi, vals]
     gi, ci = np.nonzero(Yt)
     vals = Yt[gi, ci].astype(np.int64)
     if group is None:
@@ -495,8 +512,11 @@ class GLMFit:
         return self.status == "converged"
 
 
-def _auto_block(n_cells: int, n_genes: int, budget: int = 1 << 19) -> int:
-    return int(max(1, min(n_genes, budget // max(n_cells, 1))))
+def _auto_block(n_cells: int, n_genes: int, budget: int = 1 << 18) -> int:
+    """Genes per block: about ``budget`` cells x genes (the per-cell arrays of a block stay
+    in cache, and a slow gene holds few others back), but at least 8 genes (per-block
+    overheads) and at most all of them."""
+    return int(max(1, min(n_genes, max(8, budget // max(n_cells, 1)))))
 
 
 def _gene_blocks(counts: CountData, block: int, genes: np.ndarray | None = None):
@@ -569,8 +589,8 @@ def fit_glm_counts(
         Newton iteration cap and convergence tolerance (half squared Newton decrement,
         log-likelihood units).
     block_size
-        Genes per block (default: about half a million cells × genes per block, so the
-        per-cell arrays stay in cache).
+        Genes per block (default: about a quarter of a million cells × genes per block,
+        at least 8 genes; see :func:`_auto_block`).
     progress
         Called with the number of genes finished after each block.
     """
@@ -608,7 +628,8 @@ def fit_glm_counts(
         jdt = jnp.float64 if dtype == "float64" else jnp.float32
 
         def arr(x, dt=None):
-            return jnp.asarray(x, dtype=jdt if dt is None else dt)
+            # cast on the host: a device-side cast would compile one tiny kernel per shape
+            return jax.device_put(np.asarray(x, dtype=jdt if dt is None else dt))
 
         offs = [off] + [np.zeros(n)] * (K - 1)
         XX = [
@@ -625,15 +646,14 @@ def fit_glm_counts(
             "ZZU": arr((ZU[:, :, None] * ZU[:, None, :]).reshape(ZU.shape[0], -1), jnp.float64),
             "ridge": arr(lam),
         }
-        sh_start = {
+        shared["start"] = {
             "X": shared["X"],
             "off": shared["off"],
             "pinv": tuple(arr(np.linalg.pinv(D)) for D in designs),
             "c": tuple(arr(c) for c, _ in cs),
-            "has_c": tuple(bool(ok) for _, ok in cs),
+            "has_c": tuple(jax.device_put(np.asarray(ok)) for _, ok in cs),
         }
-        start_fn = jax.vmap(partial(_start_values, params=family.params), in_axes=(0, None))
-        fgh = _fgh_for(family)
+        fgh, init = _fgh_for(family)
 
         coef = np.zeros((G, P))
         hess = np.zeros((G, P, P))
@@ -652,6 +672,9 @@ def fit_glm_counts(
             if kept_size <= 1 << 22:
                 kept[int(idx[0])] = trip
 
+        # one solver for the whole fit, built quickly only when the whole fit is small
+        quick = n * G < QUICK_COMPILE_ELEMENTS
+
         def solve(idx, Yt, trip, theta_init, iters):
             nb = idx.shape[0]
             if nb < block:  # pad with copies of the last gene: one compiled shape
@@ -659,40 +682,67 @@ def fit_glm_counts(
             V_, U_, W_ = _pad_triplets(trip, block, L)
             if nb < block:
                 V_[nb:], U_[nb:], W_[nb:] = V_[nb - 1], U_[nb - 1], W_[nb - 1]
-            y = arr(Yt)
-            if theta_init is None:
-                theta0 = start_fn(y, sh_start).astype(jdt)
-                theta0 = jnp.where(jnp.isfinite(theta0), theta0, 0.0)
+            if theta_init is None:  # computed by `init` inside the solver
+                theta0 = np.zeros((block, P), jdt)
             else:
-                theta0 = arr(
-                    np.concatenate([theta_init, np.repeat(theta_init[-1:], block - nb, 0)])
-                )
-            data = {"y": y, "v": arr(V_), "u": jnp.asarray(U_), "w": arr(W_)}
-            res = newton_minimize(
-                fgh, theta0, data, shared, max_iter=iters, tol=tol, max_step=arr(max_step)
+                theta0 = np.concatenate([theta_init, np.repeat(theta_init[-1:], block - nb, 0)])
+            data = {"y": arr(Yt), "v": arr(V_), "u": jax.device_put(U_), "w": arr(W_)}
+            pending = newton_minimize(
+                fgh,
+                arr(theta0),
+                data,
+                shared,
+                max_iter=iters,
+                tol=tol,
+                max_step=max_step,
+                asynchronous=True,
+                quick_compile=quick,
+                init=init,
+                use_init=theta_init is None,
+                n_terms=n + L + P,
             )
-            coef[idx] = res.theta[:nb]
-            hess[idx] = res.hess[:nb]
-            value[idx] = res.value[:nb]
-            n_iter[idx] += res.n_iter[:nb]
-            status[idx] = res.status[:nb]
+
+            def collect():
+                res = pending()
+                coef[idx] = res.theta[:nb]
+                hess[idx] = res.hess[:nb]
+                value[idx] = res.value[:nb]
+                n_iter[idx] += res.n_iter[:nb]
+                status[idx] = res.status[:nb]
+                if progress is not None and theta_init is None:
+                    progress(int(np.sum(status[idx] != _MAX_ITER)))
+
+            return collect
+
+        def run_blocks(blocks):
+            """Solve block after block; each block's host work overlaps the previous solve."""
+            waiting = None
+            for collect in blocks:
+                if waiting is not None:
+                    waiting()
+                waiting = collect
+            if waiting is not None:
+                waiting()
 
         # Phase 1: every block for at most `first` evaluations, so one slow gene does not
         # keep its whole block iterating; phase 2: the unfinished genes, regrouped into
         # full blocks, continue from where they stopped (same compiled solver).
         first = min(max_iter, _PHASE1_EVALS)
-        for idx, Yt in _gene_blocks(counts, block):
-            zero[idx] = Yt.sum(axis=1) == 0
-            trip = kept.pop(int(idx[0]), None) or _count_triplets(Yt, group, n_groups)
-            logfact[idx] = _log_factorials(trip, block)[: idx.shape[0]]
-            solve(idx, Yt, trip, None, first)
-            if progress is not None:
-                progress(int(np.sum(status[idx] != _MAX_ITER)))
+
+        def phase1():
+            for idx, Yt in _gene_blocks(counts, block):
+                zero[idx] = Yt.sum(axis=1) == 0
+                trip = kept.pop(int(idx[0]), None) or _count_triplets(Yt, group, n_groups)
+                logfact[idx] = _log_factorials(trip, block)[: idx.shape[0]]
+                yield solve(idx, Yt, trip, None, first)
+
+        run_blocks(phase1())
         rest = np.flatnonzero(status == _MAX_ITER)
         if rest.size and max_iter > first:
-            for idx, Yt in _gene_blocks(counts, block, rest):
-                trip = _count_triplets(Yt, group, n_groups)
-                solve(idx, Yt, trip, coef[idx], max_iter - first)
+            run_blocks(
+                solve(idx, Yt, _count_triplets(Yt, group, n_groups), coef[idx], max_iter - first)
+                for idx, Yt in _gene_blocks(counts, block, rest)
+            )
         if progress is not None and rest.size:
             progress(int(rest.size))
 
