@@ -290,7 +290,9 @@ def _errors(res: dict, truth: dict) -> dict:
 
 
 def _strip(res: dict) -> dict:
-    return {k: v for k, v in res.items() if not isinstance(v, (list, np.ndarray))}
+    """The result without its coefficient arrays (the lists of run times are kept)."""
+    keep = ("cpu_runs", "wall_runs")
+    return {k: v for k, v in res.items() if k in keep or not isinstance(v, (list, np.ndarray))}
 
 
 def _scdesigner(have_scd, python, path, kind, epochs, truth, args) -> dict:

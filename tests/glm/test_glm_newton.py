@@ -115,4 +115,3 @@ def test_asynchronous_and_either_build_give_the_same_result(quick):
     np.testing.assert_array_equal(res.status, ref.status)
     # the unoptimised build may round differently; both reach the minimum
     np.testing.assert_allclose(res.theta, ref.theta, rtol=1e-6, atol=1e-9)
-

@@ -70,6 +70,31 @@ def test_entry_loglik_equals_scipy(likelihood):
     np.testing.assert_allclose(np.asarray(ll), expected, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("likelihood", ["zip", "zinb", "poisson", "nb"])
+def test_cell_loglik_equals_scipy_summed_over_genes(likelihood):
+    """The training loss's per-cell form (count terms over the non-zeros only) equals the
+    scipy log-pmf summed over every gene, zeros included."""
+    rs = np.random.default_rng(3)
+    x = rs.poisson(rs.gamma(0.3, 6.0, (B, G))).astype(np.float32)  # mostly zeros
+    x[1] = 0.0  # a cell with no counts at all
+    out = {
+        "log_rate": rs.normal(1.0, 1.5, (B, G)),
+        "gate_logits": rs.normal(-1.0, 1.5, (B, G)),
+        "log_r": rs.normal(0.5, 1.0, G),
+    }
+    rows = {k: jnp.asarray(v) for k, v in zipo.cell_arrays(CountData(x)).items()}
+    assert np.any(np.asarray(rows["cols"]) == G)  # padded sparse rows, padding included
+    ll = zipo.cell_loglik(
+        jnp.asarray(x),
+        rows["cols"],
+        rows["vals"],
+        {k: jnp.asarray(v, jnp.float32) for k, v in out.items()},
+        likelihood,
+    )
+    expected = _scipy_loglik(x, out["log_rate"], likelihood, out["gate_logits"], out["log_r"])
+    np.testing.assert_allclose(np.asarray(ll), expected.sum(axis=1), rtol=2e-5, atol=2e-3)
+
+
 def test_loss_is_nll_plus_penalties_and_masks_padding():
     """The network's loss: mean NLL of the scipy log-pmf plus the three penalties as
     documented; padding cells (mask 0) do not enter it."""

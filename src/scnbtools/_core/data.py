@@ -326,8 +326,12 @@ class CountData:
         rows = np.concatenate(rows_l)
         cols = np.concatenate(cols_l)
         vals = np.concatenate(vals_l).astype(np.float32)
-        order = np.lexsort((cols, rows))
-        rows, cols, vals = rows[order], cols[order], vals[order]
+        # canonical (row, column) order; CSR with sorted indices and dense input arrive in
+        # it already, so the sort (the costly step) is skipped for them
+        key = rows * self.n_genes + cols
+        if key.size and np.any(key[1:] <= key[:-1]):
+            order = np.argsort(key, kind="stable")
+            rows, cols, vals = rows[order], cols[order], vals[order]
         nnz_row = np.bincount(rows, minlength=self.n_cells)
         width = max(int(nnz_row.max(initial=0)), 1)
         start = np.concatenate([[0], np.cumsum(nnz_row)[:-1]])

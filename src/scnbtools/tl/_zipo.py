@@ -559,7 +559,7 @@ def fit_zipo(
         "n_cells": int(counts.n_cells),
         "batch_size_used": int(fit.batch_size),
     }
-    ll = _write_cell_outputs(target, key, res, _zipo.cell_arrays(counts, cov))
+    ll = _write_cell_outputs(target, key, res, fit.arrays)
     is_val = np.zeros(target.n_obs, dtype=bool)
     is_val[fit.val_idx] = True
     target.obs[_keys.cell_key(key, "validation")] = is_val
