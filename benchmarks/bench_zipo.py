@@ -389,10 +389,17 @@ def render(result: dict) -> str:
         lines += ["", f"**SCVI was not run** (scvi-tools not importable: {result['skip_scvi']})."]
     lines += [
         "",
-        f"**Epochs.** {result['epochs']} epochs for every method: the issue asks for the same "
-        "number of epochs for all; SCVI costs about 15–20 CPU seconds per epoch here, so the "
-        "epochs (not the seeds) were cut to keep one run of the benchmark near 20 minutes. Both "
-        "methods are therefore compared early in training, not at convergence.",
+        f"**Epochs.** {result['epochs']} epochs for every method (the issue asks for the same "
+        "number of epochs for all), to keep one run of the benchmark (every method, every seed) "
+        "short on this machine: both methods are compared early in training, not at "
+        "convergence. CPU seconds per epoch, with every fixed cost (compilation, set-up) "
+        "included: "
+        + ", ".join(
+            f"{m} {_agg(rows, m, 'cpu_s')[0] / result['epochs']:.2g}"
+            for m in METHODS
+            if any(r["method"] == m for r in rows)
+        )
+        + ".",
         "",
         f"**Seeds.** Each data seed is a different simulated data set, trained with the same "
         f"seed. In addition, the first data set (seed {result['seeds'][0]}) was trained with "
@@ -522,7 +529,12 @@ def _targets(rows, rep, methods) -> str:
                 ],
                 [
                     "≥ 3× less CPU time",
-                    f"{best_scvi['cpu_s'] / z['cpu_s'][0]:.1f}× less",
+                    (
+                        f"{best_scvi['cpu_s'] / z['cpu_s'][0]:.1f}× less"
+                        if best_scvi["cpu_s"] >= z["cpu_s"][0]
+                        else f"{z['cpu_s'][0] / best_scvi['cpu_s']:.2f}× more"
+                    )
+                    + f" ({z['cpu_s'][0]:.3g} vs {best_scvi['cpu_s']:.3g} CPU s)",
                     "met" if best_scvi["cpu_s"] >= 3 * z["cpu_s"][0] else "missed",
                 ],
                 [
