@@ -354,7 +354,8 @@ def offset_from(value, obs: pd.DataFrame, what: str) -> np.ndarray:
         raise ValueError(f"`{what}` ({label}) has {arr.shape[0]} values but there are {n} cells.")
     if not np.all(np.isfinite(arr)):
         raise ValueError(
-            f"`{what}` ({label}) has NaN or infinite values; offsets are log-scale and finite."
+            f"`{what}` ({label}) has NaN or infinite (non-finite) values; offsets are log-scale "
+            "and finite."
         )
     return arr
 

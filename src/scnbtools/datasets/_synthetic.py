@@ -44,8 +44,14 @@ def _check_p(p) -> float:
     return float(p)
 
 
-def _given(values: ArrayLike, name: str, n_vars: int, *, unit: bool) -> np.ndarray:
-    """Validate per-gene truth passed explicitly (one value per gene)."""
+_DOMAINS = {"positive": "finite and > 0", "unit": "finite and in [0, 1)", "any": "finite"}
+
+
+def per_item(values: ArrayLike, name: str, n: int, *, what: str, domain: str) -> np.ndarray:
+    """Validate values passed explicitly, one per ``what`` (a scalar is broadcast).
+
+    ``domain``: ``"positive"`` (e.g. a size ``r``), ``"unit"`` (``[0, 1)``: a gate may be
+    exactly 0, no zero inflation) or ``"any"`` (finite)."""
     try:
         arr = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
@@ -53,18 +59,25 @@ def _given(values: ArrayLike, name: str, n_vars: int, *, unit: bool) -> np.ndarr
             f"`{name}` must be an array of numbers, got {type(values).__name__}."
         ) from None
     if arr.ndim == 0:
-        arr = np.full(n_vars, float(arr))
-    if arr.shape != (n_vars,):
+        arr = np.full(n, float(arr))
+    if arr.shape != (n,):
         raise ValueError(
-            f"`{name}` must have one value per gene (shape ({n_vars},)), got shape {arr.shape}."
+            f"`{name}` must have one value per {what} (shape ({n},)), got shape {arr.shape}."
         )
-    # a gate may be exactly 0 (no zero inflation for that gene); r must be > 0
-    ok = np.isfinite(arr) & ((arr >= 0) & (arr < 1) if unit else arr > 0)
+    ok = np.isfinite(arr)
+    if domain == "positive":
+        ok &= arr > 0
+    elif domain == "unit":
+        ok &= (arr >= 0) & (arr < 1)
     if not np.all(ok):
         bad = arr[~ok][:3]
-        rng_txt = "in [0, 1)" if unit else "> 0"
-        raise ValueError(f"`{name}` values must be finite and {rng_txt}; got e.g. {bad.tolist()}.")
+        raise ValueError(f"`{name}` values must be {_DOMAINS[domain]}; got e.g. {bad.tolist()}.")
     return arr
+
+
+def _given(values: ArrayLike, name: str, n_vars: int, *, unit: bool) -> np.ndarray:
+    """Validate per-gene truth passed explicitly (one value per gene)."""
+    return per_item(values, name, n_vars, what="gene", domain="unit" if unit else "positive")
 
 
 def _draw(rng: np.random.Generator, family: str, hyper: tuple[float, ...], n: int) -> np.ndarray:

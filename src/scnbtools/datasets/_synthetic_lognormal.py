@@ -12,6 +12,7 @@ from anndata import AnnData
 from numpy.typing import ArrayLike
 
 from .._validate import check_positive_int, resolve_rng
+from ._synthetic import per_item
 
 __all__ = ["synthetic_nbln", "synthetic_pln"]
 
@@ -102,26 +103,6 @@ def _check_offsets(value) -> str:
     return value
 
 
-def _per_item(values: ArrayLike, name: str, n: int, what: str, *, positive: bool) -> np.ndarray:
-    try:
-        arr = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"`{name}` must be an array of numbers, got {type(values).__name__}."
-        ) from None
-    if arr.ndim == 0:
-        arr = np.full(n, float(arr))
-    if arr.shape != (n,):
-        raise ValueError(
-            f"`{name}` must have one value per {what} (shape ({n},)), got shape {arr.shape}."
-        )
-    ok = np.isfinite(arr) & (arr > 0 if positive else True)
-    if not np.all(ok):
-        cond = "finite and > 0" if positive else "finite"
-        raise ValueError(f"`{name}` values must be {cond}; got e.g. {arr[~ok][:3].tolist()}.")
-    return arr
-
-
 def _stream(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
@@ -168,7 +149,7 @@ def _simulate(
     capture_prior = _check_capture_prior(capture_prior)
     if not isinstance(return_latent, bool | np.bool_):
         raise TypeError(f"`return_latent` must be True or False, got {return_latent!r}.")
-    eta_given = None if eta is None else _per_item(eta, "eta", n_obs, "cell", positive=False)
+    eta_given = None if eta is None else per_item(eta, "eta", n_obs, what="cell", domain="any")
     nb = model == "nbln"
     given: list[str] = []
     if nb:
@@ -189,7 +170,7 @@ def _simulate(
         if r is None:
             r_true = gen.lognormal(*r_prior, size=n_vars)
         else:
-            r_true = _per_item(r, "r", n_vars, "gene", positive=True)
+            r_true = per_item(r, "r", n_vars, what="gene", domain="positive")
             given.append("r")
         r_sim = np.maximum(r_true, np.finfo(np.float64).tiny)
 

@@ -34,9 +34,8 @@ _UNITS = ("auto", "cell", "gene")
 _LOGNORMAL = ("pln", "nbln")
 
 
-def _lognormal_elpd(adata, key, res, spec):
-    """Per-gene elpd of a Laplace fit: each count predicted from its cell's other genes
-    (the cavity of the cell's Laplace posterior), summed over cells."""
+def _fit_counts(adata, key, res):
+    """The counts a stored fit was made on (its layer), checked to have its cells."""
     layer = res["params"].get("layer", "X")
     counts = counts_from(adata, None if layer == "X" else layer, allow_empty_genes=True)
     if int(res.get("n_cells", counts.n_cells)) != counts.n_cells:
@@ -44,6 +43,13 @@ def _lognormal_elpd(adata, key, res, spec):
             f"the fit {key!r} was made on {int(res['n_cells'])} cells but adata has "
             f"{counts.n_cells}; compare fits on the AnnData they were fitted to."
         )
+    return counts
+
+
+def _lognormal_elpd(adata, key, res, spec):
+    """Per-gene elpd of a Laplace fit: each count predicted from its cell's other genes
+    (the cavity of the cell's Laplace posterior), summed over cells."""
+    counts = _fit_counts(adata, key, res)
     lap = res["laplace"]
     params = {
         "mu": np.asarray(lap["mu"]),
@@ -72,13 +78,7 @@ def _lognormal_elpd(adata, key, res, spec):
 
 
 def _pointwise(adata, key, res, spec, unit, n_samples, seed):
-    layer = res["params"].get("layer", "X")
-    counts = counts_from(adata, None if layer == "X" else layer, allow_empty_genes=True)
-    if int(res.get("n_cells", counts.n_cells)) != counts.n_cells:
-        raise ValueError(
-            f"the fit {key!r} was made on {int(res['n_cells'])} cells but adata has "
-            f"{counts.n_cells}; compare fits on the AnnData they were fitted to."
-        )
+    counts = _fit_counts(adata, key, res)
     draws = redraw(spec, res, n_samples, seed)
     if unit == "gene":
         return gene_loglik_draws(spec, draws, counts)

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from anndata import AnnData
 
+from .._design import offset_from
+
 __all__ = [
     "FREEZE_ALIASES",
     "LOADINGS_PRIORS",
@@ -265,17 +267,6 @@ def resolve_eta(
                 f"`offset_key`={offset_key!r} is not a column of `adata.obs`; pass the name of "
                 "a numeric column of per-cell log-offsets (rate = exp(x + offset))."
             )
-        col = adata.obs[offset_key]
-        try:
-            off = np.asarray(col, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"`adata.obs[{offset_key!r}]` must be numeric log-offsets, got dtype {col.dtype}."
-            ) from None
-        if not np.all(np.isfinite(off)):
-            raise ValueError(
-                f"`adata.obs[{offset_key!r}]` has {int((~np.isfinite(off)).sum())} non-finite "
-                "value(s); offsets must be finite log-scale numbers."
-            )
+        off = offset_from(offset_key, adata.obs, "offset_key")  # numeric and finite
         return EtaSetup("offset_key", False, None, -off, ones)
     return EtaSetup("library", False, None, np.log(lib.mean() / lib), ones)

@@ -393,6 +393,12 @@ def _const_coef(X: np.ndarray) -> tuple[np.ndarray, bool]:
     return c, ok
 
 
+def _moment_phi(y, mu):
+    """Moment estimate of the NB over-dispersion ``1 / r`` given the means, clipped."""
+    phi = jnp.sum((y - mu) ** 2 - mu) / jnp.maximum(jnp.sum(mu * mu), 1e-12)
+    return jnp.clip(phi, 1e-3, 1e3)
+
+
 def _start_values(y, sh, *, params):
     """Per-gene starting values (vmapped over genes outside): moments and least squares."""
     out = []
@@ -411,11 +417,7 @@ def _start_values(y, sh, *, params):
     for _ in range(_IRLS_START_STEPS):
         eta0 = X0 @ beta
         mu = jnp.exp(jnp.clip(off + eta0, -30.0, 30.0))
-        if "dispersion" in params:
-            phi = jnp.sum((y - mu) ** 2 - mu) / jnp.maximum(jnp.sum(mu * mu), 1e-12)
-            phi = jnp.clip(phi, 1e-3, 1e3)
-        else:
-            phi = 0.0
+        phi = _moment_phi(y, mu) if "dispersion" in params else 0.0
         wt = mu / (1.0 + phi * mu)
         z = eta0 + (y - mu) / jnp.maximum(mu, 1e-12)
         A = (sh["XX0"].T @ wt).reshape(p0, p0)
@@ -429,8 +431,7 @@ def _start_values(y, sh, *, params):
         if k == 0:
             continue
         if name == "dispersion":
-            phi = jnp.sum((y - mu) ** 2 - mu) / jnp.maximum(jnp.sum(mu * mu), 1e-12)
-            log_r = -jnp.log(jnp.clip(phi, 1e-3, 1e3))
+            log_r = -jnp.log(_moment_phi(y, mu))
             target = log_r
         else:  # zero_inflation: excess zeros over the count model's P(0)
             r = jnp.exp(log_r) if "dispersion" in params else None

@@ -47,6 +47,7 @@ from ..likelihoods import (
     log_rising_factorial_ratio,
     nb_logpmf,
     poisson_logpmf,
+    zero_inflate,
     zinb_logpmf,
     zip_logpmf,
 )
@@ -318,9 +319,8 @@ def cell_loglik(x, cols, vals, out, likelihood: str):
         raise ValueError(f"unknown likelihood {likelihood!r}")
     count = jnp.where(nz, count, 0.0)
     if likelihood in ("zip", "zinb"):
-        gl = out["gate_logits"]
-        log_gate, log_keep = jax.nn.log_sigmoid(gl), jax.nn.log_sigmoid(-gl)
-        base = jnp.where(x == 0, jnp.logaddexp(log_gate, log_keep + base), log_keep + base)
+        # at x = 0 the count part is 0, so ``base`` is the whole count log-pmf there
+        base = zero_inflate(x, base, gate_logits=out["gate_logits"])
     return base.sum(axis=1) + count.sum(axis=1)
 
 
