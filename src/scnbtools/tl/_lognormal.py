@@ -212,7 +212,11 @@ def _fit(
                 out["mu"] = p["log_mean"] - 0.5 * _sigma2(p)
                 return out
         else:
-            s_mt = s_m * cascade.tau
+            # unit-information scale: the source's posterior came from these same counts, so
+            # at its own scale the prior would count the data twice and, as the NBVCP mean
+            # and the Laplace-approximate NBLN mean differ slightly, pull Σ_gg (a spurious
+            # factor on the low-count genes); scaled by √C it carries one cell's information
+            s_mt = s_m * cascade.tau * np.sqrt(C)
             log_prior_terms.append(lambda p: _gauss(p["mu"] + 0.5 * _sigma2(p), m_m, s_mt))
     lp_w = _loadings_log_prior(kind, tau0, G)
     if lp_w is not None:
@@ -464,7 +468,8 @@ fit_nbln.__doc__ += f"""
         (``cascade_draws`` draws) gives Gaussian priors on ``log r_g``, on each gene's log
         mean rate ``mu_g + Σ_gg / 2`` (matched to the NBVCP mean ``log mu_g``) and on
         ``eta_c = -log nu_c``, with the source's posterior sd times
-        ``informative_priors_tau`` as scale. The prior on ``eta_c`` enters each cell's
+        ``informative_priors_tau`` as scale (times ``√n_cells`` for the mean rate: a
+        unit-information prior, since the source saw the same counts; see the docs). The prior on ``eta_c`` enters each cell's
         Newton solve, so its scale shapes the Hessian.
     informative_priors_tau
         Multiplier of the cascade priors' scales (larger: weaker priors).
