@@ -268,6 +268,37 @@ def test_run_laplace_frozen_parameters_do_not_move():
     assert not np.allclose(res.params["W"], init["W"])
 
 
+@pytest.mark.parametrize("frozen_r", [True, False])
+def test_run_laplace_constant_terms_from_a_table_give_the_exact_loss(frozen_r):
+    """With the observation parameters fixed, the loss adds each cell's t-free log-pmf terms
+    from a table computed once; the losses and the fit equal those of an observation model
+    whose ``loglik_t`` is the full log-pmf (so nothing is left to a table). With a free
+    ``r`` the table is not used and the two runs are identical too."""
+    U, mu, W, d = _pln_data(seed=2)
+    C, G = U.shape
+    init = {
+        "mu": mu.astype(np.float32),
+        "W": W.astype(np.float32),
+        "log_d": np.log(d).astype(np.float32),
+        "log_r": np.full(G, np.log(5.0), np.float32),
+    }
+    kw = dict(
+        init=init, X0=np.log(U + 0.5), eta0=np.zeros(C, np.float32),
+        eta_loc=np.zeros(C, np.float32), eta_scale=np.ones(C, np.float32),
+        mode=L.EtaMode(False), obs_param_names=("log_r",),
+        frozen=("log_r",) if frozen_r else (), n_steps=60, chunk_size=30, batch_size=100,
+        min_steps=10**6,
+    )  # fmt: skip
+    full = nb_mean_obs._replace(loglik_t=nb_mean_obs.loglik)
+    a = L.run_laplace(U, obs=nb_mean_obs, **kw)
+    b = L.run_laplace(U, obs=full, **kw)
+    np.testing.assert_allclose(a.losses, b.losses, rtol=2e-5)
+    np.testing.assert_allclose(a.params["W"], b.params["W"], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(a.params["log_r"], b.params["log_r"], rtol=1e-3, atol=1e-4)
+    assert frozen_r == np.array_equal(a.params["log_r"], init["log_r"])
+    np.testing.assert_allclose(a.log_marginal, b.log_marginal, rtol=1e-5, atol=1e-3)
+
+
 @pytest.mark.parametrize("obs_name", list(OBS))
 def test_observation_models_against_scipy(obs_name):
     """log-pmf against scipy (incl. zeros, large counts, r → 0 and r → ∞), derivatives

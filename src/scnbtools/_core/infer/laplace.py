@@ -235,15 +235,17 @@ def _newton_iter(x, eta, cell, obs_params, pf, obs, mode):
     return x + a * dr.dx, _clip_eta(eta + a * dr.deta, mode), dr
 
 
-def laplace_log_marginal(x, eta, cell: _Cell, obs_params, pf, obs, mode):
-    """Laplace approximation of ``log p(u_c)`` at a mode ``(x, eta)``."""
+def laplace_log_marginal(x, eta, cell: _Cell, obs_params, pf, obs, mode, *, exact=True):
+    """Laplace approximation of ``log p(u_c)`` at a mode ``(x, eta)`` (``exact=False``: up
+    to the observation model's terms that do not depend on ``t``, see :class:`Observation`)."""
     dr = newton_direction(x, eta, cell, obs_params, pf, obs, mode)
-    return _laplace_value(x, eta, cell, obs_params, pf, obs, mode, dr)
+    return _laplace_value(x, eta, cell, obs_params, pf, obs, mode, dr, exact=exact)
 
 
-def _laplace_value(x, eta, cell, obs_params, pf, obs, mode, dr: _Dir):
+def _laplace_value(x, eta, cell, obs_params, pf, obs, mode, dr: _Dir, *, exact=True):
     r = x - pf.mu
-    val = obs.loglik(x - eta, cell.u, obs_params).sum() - 0.5 * r @ sigma_inv(pf, r)
+    ll = obs.loglik if exact else obs.loglik_t
+    val = ll(x - eta, cell.u, obs_params).sum() - 0.5 * r @ sigma_inv(pf, r)
     val = val - 0.5 * dr.logdet
     if mode.latent:
         z = (eta - cell.eta_loc) / cell.eta_scale
@@ -253,12 +255,25 @@ def _laplace_value(x, eta, cell, obs_params, pf, obs, mode, dr: _Dir):
     return val
 
 
-def _differentiable_laplace(x0, eta0, cell, obs_params, pf, obs, mode):
+def _differentiable_laplace(x0, eta0, cell, obs_params, pf, obs, mode, *, exact=True):
     """Laplace value after one differentiable Newton step from the (stop-gradient) mode."""
     x0, eta0 = jax.lax.stop_gradient(x0), jax.lax.stop_gradient(eta0)
     d0 = newton_direction(x0, eta0, cell, obs_params, pf, obs, mode)
     x1, eta1 = x0 + d0.dx, _clip_eta(eta0 + d0.deta, mode)
-    return laplace_log_marginal(x1, eta1, cell, obs_params, pf, obs, mode)
+    return laplace_log_marginal(x1, eta1, cell, obs_params, pf, obs, mode, exact=exact)
+
+
+def _cell_constants(U, obs: Observation, obs_params) -> jax.Array:
+    """Per cell ``Σ_g [loglik − loglik_t]``: the observation terms that do not depend on
+    ``t`` (e.g. ``−log u!``; with the NB, ``log Γ(u + r) − log Γ(r) + r log r`` too). Once
+    the observation parameters are fixed they are constants, computed once instead of on
+    every step (special functions over every entry are a large part of a step's cost)."""
+    zero = jnp.zeros((), U.dtype)
+    return jax.jit(
+        jax.vmap(
+            lambda u: (obs.loglik(zero, u, obs_params) - obs.loglik_t(zero, u, obs_params)).sum()
+        )
+    )(U)
 
 
 # ------------------------------------------------------------------------------------------
@@ -496,14 +511,23 @@ def run_laplace(
         pf = prior_factor(p["mu"], p["W"], p["log_d"])
         return pf, {k: p[k] for k in obs_param_names}
 
-    def loss_fn(p_opt, p_fixed, xb, eb, cb):
+    # with the observation parameters fixed, the t-free terms of the log-pmf are per-cell
+    # constants: added from a table instead of evaluated (special functions) on every step
+    obs_fixed = all(n in frozen or n not in params for n in obs_param_names)
+    if obs_fixed:
+        p0 = derive_fn(params)
+        const_all = _cell_constants(U, obs, {k: p0[k] for k in obs_param_names})
+    else:
+        const_all = jnp.zeros(C, dtype)
+
+    def loss_fn(p_opt, p_fixed, xb, eb, cb, const_b):
         p = {**p_fixed, **p_opt}
         pf, op = globals_of(p)
-        lap = jax.vmap(lambda x, e, c: _differentiable_laplace(x, e, c, op, pf, obs, mode))(
-            xb, eb, cb
-        )
+        lap = jax.vmap(
+            lambda x, e, c: _differentiable_laplace(x, e, c, op, pf, obs, mode, exact=not obs_fixed)
+        )(xb, eb, cb)
         lp = 0.0 if log_prior is None else log_prior(derive_fn(p))
-        return -(scale * lap.sum() + lp) / C
+        return -(scale * (lap.sum() + const_b.sum()) + lp) / C
 
     opt_p, fixed_p = _split(params, [k for k in params if k not in frozen])
     opt = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
@@ -530,7 +554,7 @@ def run_laplace(
                 return (x, e), None
 
             (xb, eb), _ = jax.lax.scan(inner, (X[idx], E[idx]), None, length=inner_steps)
-            loss, grads = jax.value_and_grad(loss_fn)(p_opt, p_fixed, xb, eb, cb)
+            loss, grads = jax.value_and_grad(loss_fn)(p_opt, p_fixed, xb, eb, cb, const_all[idx])
             upd, s_new = opt.update(grads, s, p_opt)
             p_new = optax.apply_updates(p_opt, upd)
             active = i < n_active
