@@ -251,14 +251,19 @@ def test_run_laplace_compiles_once_and_improves_the_objective():
     assert np.all(res.decrement <= res.newton_tol)
 
 
-def test_run_laplace_frozen_parameters_do_not_move():
-    U, mu, W, d = _pln_data(seed=1)
-    C, _G = U.shape
-    init = {
+def _init_at(mu, W, d):
+    """``run_laplace`` globals (float32) at the given ``mu``, ``W``, ``d``."""
+    return {
         "mu": mu.astype(np.float32),
         "W": W.astype(np.float32),
         "log_d": np.log(d).astype(np.float32),
     }
+
+
+def test_run_laplace_frozen_parameters_do_not_move():
+    U, mu, W, d = _pln_data(seed=1)
+    C, _G = U.shape
+    init = _init_at(mu, W, d)
     res = L.run_laplace(
         U, obs=poisson_obs, init=init, X0=np.log(U + 0.5), eta0=np.zeros(C, np.float32),
         eta_loc=np.zeros(C, np.float32), eta_scale=np.ones(C, np.float32), mode=L.EtaMode(False),
@@ -276,12 +281,7 @@ def test_run_laplace_constant_terms_from_a_table_give_the_exact_loss(frozen_r):
     ``r`` the table is not used and the two runs are identical too."""
     U, mu, W, d = _pln_data(seed=2)
     C, G = U.shape
-    init = {
-        "mu": mu.astype(np.float32),
-        "W": W.astype(np.float32),
-        "log_d": np.log(d).astype(np.float32),
-        "log_r": np.full(G, np.log(5.0), np.float32),
-    }
+    init = {**_init_at(mu, W, d), "log_r": np.full(G, np.log(5.0), np.float32)}
     kw = dict(
         init=init, X0=np.log(U + 0.5), eta0=np.zeros(C, np.float32),
         eta_loc=np.zeros(C, np.float32), eta_scale=np.ones(C, np.float32),

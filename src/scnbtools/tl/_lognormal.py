@@ -469,8 +469,8 @@ fit_nbln.__doc__ += f"""
         mean rate ``mu_g + Σ_gg / 2`` (matched to the NBVCP mean ``log mu_g``) and on
         ``eta_c = -log nu_c``, with the source's posterior sd times
         ``informative_priors_tau`` as scale (times ``√n_cells`` for the mean rate: a
-        unit-information prior, since the source saw the same counts; see the docs). The prior on ``eta_c`` enters each cell's
-        Newton solve, so its scale shapes the Hessian.
+        unit-information prior, since the source saw the same counts; see the docs). The
+        prior on ``eta_c`` enters each cell's Newton solve, so its scale shapes the Hessian.
     informative_priors_tau
         Multiplier of the cascade priors' scales (larger: weaker priors).
     informative_priors_freeze
