@@ -17,7 +17,10 @@ so a step costs O(G k² + k³) and no G × G matrix is ever formed. ``Σ⁻¹ v`
 with ``M = I_k + Wᵀ diag(1/d) W`` (shared by all cells). A latent ``eta`` borders the
 system with the row ``−hᵀ`` and is eliminated by its Schur complement
 ``σ = Σ h + 1/s² − hᵀ Q⁻¹ h`` (so ``1/σ`` is the Laplace posterior variance of ``eta``).
-Each step is followed by a vectorised backtracking search over a few step lengths.
+Each step is followed by a vectorised backtracking search over a few step lengths. Where
+the predicted gain (half the squared Newton decrement) is below the round-off of the summed
+log density (float32 near the mode, where no comparison of ``f`` can judge a step), the full
+Newton step is taken: the quadratic model is then accurate.
 
 Outer loop. The globals (``mu``, ``W``, ``log d`` and the observation parameters, minus any
 frozen ones) are updated by optax on the Laplace approximation of the log marginal
@@ -68,7 +71,9 @@ __all__ = [
 ]
 
 D_FLOOR = 1e-4
-_STEPS = (1.0, 0.5, 0.2, 0.05)
+_STEPS = (1.0, 0.5, 0.2, 0.05)  # the line search's step lengths (the first is the full step)
+#: round-off allowance of the line search, in units of eps × ||terms||₂ (as in ``newton``)
+_SLACK = 64.0
 
 
 class Observation(NamedTuple):
@@ -219,19 +224,30 @@ def _newton_iter(x, eta, cell, obs_params, pf, obs, mode):
     r0 = x - pf.mu
     q0, q1, q2 = r0 @ dr.sinv_r, dr.dx @ dr.sinv_r, dr.dx @ sigma_inv(pf, dr.dx)
 
-    def value(a):
+    def terms(a):
         e = _clip_eta(eta + a * dr.deta, mode)
-        f = obs.loglik_t(x + a * dr.dx - e, cell.u, obs_params).sum()
-        f = f - 0.5 * (q0 + 2.0 * a * q1 + a * a * q2)
+        lt = obs.loglik_t(x + a * dr.dx - e, cell.u, obs_params)
+        f = -0.5 * (q0 + 2.0 * a * q1 + a * a * q2)
         if mode.latent:
             f = f - 0.5 * jnp.square((e - cell.eta_loc) / cell.eta_scale)
-        return f
+        return lt, f
 
-    f0 = value(jnp.zeros((), x.dtype))
+    def value(a):
+        lt, f = terms(a)
+        return lt.sum() + f
+
+    lt0, rest0 = terms(jnp.zeros((), x.dtype))
+    f0 = lt0.sum() + rest0
     fs = jax.vmap(value)(steps)
     fs = jnp.where(jnp.isfinite(fs), fs, -jnp.inf)
     best = jnp.argmax(fs)
     a = jnp.where(fs[best] >= f0, steps[best], 0.0)
+    # Where the predicted gain (half the squared decrement) is below the round-off of the
+    # summed f, the comparison cannot judge a step (float32 near the mode); the quadratic
+    # model is then accurate, and the full Newton step is taken.
+    noise = _SLACK * jnp.finfo(x.dtype).eps * jnp.sqrt(jnp.sum(lt0 * lt0) + rest0 * rest0)
+    trust = (0.5 * dr.decrement <= noise) & jnp.isfinite(fs[0])
+    a = jnp.where(trust, steps[0], a)
     return x + a * dr.dx, _clip_eta(eta + a * dr.deta, mode), dr
 
 
@@ -445,6 +461,7 @@ def run_laplace(
     lr_factor: float = 0.3,
     max_lr_reductions: int = 3,
     min_steps: int = 200,
+    stop_if_futile: bool = True,
     newton_max_iter: int = 50,
     newton_tol: float = 1e-4,
     em_steps: int = 0,
@@ -481,8 +498,10 @@ def run_laplace(
         op0 = {k: p0[k] for k in obs_param_names}
         update_mu = "mu" in params and "mu" not in frozen
 
+        # the data are arguments, never closed over: a closed-over array is embedded in the
+        # compiled program as a constant (a copy of the counts, and XLA constant-folds it)
         @jax.jit
-        def em_run(X, E, mu, W, log_d):
+        def em_run(X, E, mu, W, log_d, cells_all):
             def body(carry, _):
                 X, E, mu, W, log_d = carry
                 return em_step(
@@ -501,7 +520,7 @@ def run_laplace(
 
             return jax.lax.scan(body, (X, E, mu, W, log_d), None, length=em_steps)[0]
 
-        X, E, mu_em, W_em, log_d_em = em_run(X, E, p0["mu"], p0["W"], p0["log_d"])
+        X, E, mu_em, W_em, log_d_em = em_run(X, E, p0["mu"], p0["W"], p0["log_d"], cells_all)
         params = {**params, "W": W_em, "log_d": log_d_em}
         if update_mu:
             params["mu"] = mu_em
@@ -535,7 +554,7 @@ def run_laplace(
     chunk = int(min(chunk_size, n_steps))
     traces = [0]
 
-    def _chunk(p_opt, s, X, E, key, n_active, p_fixed):
+    def _chunk(p_opt, s, X, E, key, n_active, p_fixed, cells_all, const_all):
         traces[0] += 1
 
         def body(carry, i):
@@ -580,11 +599,15 @@ def run_laplace(
         lr_factor=lr_factor,
         max_lr_reductions=max_lr_reductions,
         min_steps=min_steps,
+        stop_if_futile=stop_if_futile,
+        noise_aware=B < C,
     )
 
     def step(state, n_active):
         opt_p, opt_state, X, E, key = state
-        opt_p, opt_state, X, E, key, cl = run_chunk(opt_p, opt_state, X, E, key, n_active, fixed_p)
+        opt_p, opt_state, X, E, key, cl = run_chunk(
+            opt_p, opt_state, X, E, key, n_active, fixed_p, cells_all, const_all
+        )
         return (opt_p, opt_state, X, E, key), cl
 
     run = drive_chunks(
