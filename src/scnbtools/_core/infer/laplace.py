@@ -457,7 +457,7 @@ def run_laplace(
     inner_steps: int = 2,
     chunk_size: int = 50,
     tol: float = 1e-5,
-    patience: int = 3,
+    patience: int | None = None,
     lr_factor: float = 0.3,
     max_lr_reductions: int = 3,
     min_steps: int = 200,
@@ -595,7 +595,9 @@ def run_laplace(
     plateau = Plateau(
         learning_rate,
         tol=tol,
-        patience=patience,
+        # full-batch chunk means are exact: 2 chunks without a relative gain of ``tol`` are a
+        # plateau; minibatch means are noisy and get one chunk more
+        patience=(2 if B == C else 3) if patience is None else patience,
         lr_factor=lr_factor,
         max_lr_reductions=max_lr_reductions,
         min_steps=min_steps,
