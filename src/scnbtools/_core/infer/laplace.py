@@ -454,7 +454,7 @@ def run_laplace(
     batch_size: int | None = None,
     n_steps: int = 2000,
     learning_rate: float = 0.02,
-    inner_steps: int = 2,
+    inner_steps: int = 1,
     chunk_size: int = 50,
     tol: float = 1e-5,
     patience: int | None = None,
