@@ -154,9 +154,10 @@ def test_reference_gradient_matches_finite_differences(family):
 
 
 @pytest.mark.parametrize("max_count", [40, 10**7])  # the bincount path and the sort fallback
-def test_count_triplets_are_each_genes_histogram(max_count):
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])  # the fit's host blocks
+def test_count_triplets_are_each_genes_histogram(max_count, dtype):
     rng = np.random.default_rng(3)
-    Yt = rng.poisson(rng.gamma(0.5, 4.0, size=(6, 300))).astype(float)
+    Yt = rng.poisson(rng.gamma(0.5, 4.0, size=(6, 300))).astype(dtype)
     Yt[2] = 0.0  # an all-zero gene has no triplet
     Yt[4, 7] = max_count
     for group, n_groups in ((np.zeros(300, np.int64), 1), (rng.integers(0, 3, 300), 3)):

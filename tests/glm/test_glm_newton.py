@@ -95,8 +95,8 @@ def test_rejects_bad_theta_shape():
         newton_minimize(rosenbrock, jnp.zeros(2), {"a": 0.0, "c": 1.0}, 1.0)
 
 
-@pytest.mark.parametrize("quick", [True, False])
-def test_asynchronous_and_either_build_give_the_same_result(quick):
+@pytest.mark.parametrize("effort", ["quick", "light", "full"])
+def test_asynchronous_and_every_build_give_the_same_result(effort):
     theta0, data = _problems()
     ref = newton_minimize(rosenbrock, theta0, data, 100.0, max_iter=300, tol=1e-12)
     pending = newton_minimize(
@@ -107,7 +107,7 @@ def test_asynchronous_and_either_build_give_the_same_result(quick):
         max_iter=300,
         tol=1e-12,
         asynchronous=True,
-        quick_compile=quick,
+        effort=effort,
     )
     assert callable(pending)
     res = pending()
@@ -115,3 +115,19 @@ def test_asynchronous_and_either_build_give_the_same_result(quick):
     np.testing.assert_array_equal(res.status, ref.status)
     # the unoptimised build may round differently; both reach the minimum
     np.testing.assert_allclose(res.theta, ref.theta, rtol=1e-6, atol=1e-9)
+
+
+def test_compile_effort_grows_with_the_job_and_bad_efforts_are_refused():
+    from scnbtools._core.infer.newton import (
+        LIGHT_COMPILE_ELEMENTS,
+        QUICK_COMPILE_ELEMENTS,
+        compile_effort,
+    )
+
+    assert compile_effort(QUICK_COMPILE_ELEMENTS - 1) == "quick"
+    assert compile_effort(QUICK_COMPILE_ELEMENTS) == "light"
+    assert compile_effort(LIGHT_COMPILE_ELEMENTS - 1) == "light"
+    assert compile_effort(LIGHT_COMPILE_ELEMENTS) == "full"
+    theta0, data = _problems()
+    with pytest.raises(ValueError, match="effort"):
+        newton_minimize(rosenbrock, theta0, data, 100.0, effort="fast")

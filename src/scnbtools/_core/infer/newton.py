@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["STATUS", "NewtonResult", "newton_minimize"]
+__all__ = ["STATUS", "NewtonResult", "compile_effort", "newton_minimize"]
 
 #: Meaning of the integer status codes returned per problem.
 STATUS: tuple[str, ...] = ("converged", "max_iter", "line_search_failed", "non_finite_start")
@@ -187,15 +187,40 @@ def _solve(fgh, init, n_terms, theta0, data, shared, max_step, opts):
 
 
 _STATIC = ("fgh", "init", "n_terms")
-_solve_optimized = jax.jit(_solve, static_argnames=_STATIC)
-# LLVM's optimisation passes dominate the compile time of this loop (~2.6 s -> ~1.5 s on
-# CPU without them); for small problems, where the run itself takes milliseconds, the
-# unoptimised build is the faster one overall.
-_solve_quick = jax.jit(
-    _solve, static_argnames=_STATIC, compiler_options={"xla_backend_optimization_level": 0}
-)
+# Compiler options per effort. LLVM's optimisation passes dominate the compile time of
+# this loop: without them ("quick") it builds in a fraction of the time and runs several
+# times slower, the faster choice for small jobs; -O1 ("light") is in between. On the CPU,
+# XLA's older loop emitters replace its fusion emitters at every effort: on the NB GLM
+# (8-26 genes x 10,000-50,000 cells per block) they cut the compile's CPU seconds by a
+# quarter (-O2) to two thirds (-O0) for the same run time per block at -O2.
+_EFFORT_OPTIONS = {
+    "quick": {"xla_backend_optimization_level": 0},
+    "light": {"xla_backend_optimization_level": 1},
+    "full": {},
+}
+_CPU_ONLY = {"xla_cpu_use_fusion_emitters": False}
+_SOLVERS = {
+    (effort, cpu): jax.jit(
+        _solve,
+        static_argnames=_STATIC,
+        # elsewhere "light" is "full": its trade-off was measured on the CPU only
+        compiler_options=({**opts, **_CPU_ONLY} if cpu else opts if effort != "light" else {})
+        or None,
+    )
+    for effort, opts in _EFFORT_OPTIONS.items()
+    for cpu in (True, False)
+}
 #: problems x per-problem data elements below which the quickly compiled solver is used
 QUICK_COMPILE_ELEMENTS = 1 << 18
+#: ... and below which the lightly optimised one is (on CPU)
+LIGHT_COMPILE_ELEMENTS = 1 << 26
+
+
+def compile_effort(n_elements: int) -> str:
+    """How much compiler effort a job of ``n_elements`` data elements is worth."""
+    if n_elements < QUICK_COMPILE_ELEMENTS:
+        return "quick"
+    return "light" if n_elements < LIGHT_COMPILE_ELEMENTS else "full"
 
 
 def newton_minimize(
@@ -213,7 +238,7 @@ def newton_minimize(
     slack: float = 64.0,
     stall_steps: int = 3,
     asynchronous: bool = False,
-    quick_compile: bool | None = None,
+    effort: str | None = None,
     init: Callable[[Any, Any], jax.Array] | None = None,
     use_init: bool = True,
     n_terms: int | None = None,
@@ -260,11 +285,13 @@ def newton_minimize(
     asynchronous
         Return at once, with a function that waits for the solve and returns its
         result: the caller can prepare the next batch of problems on the host meanwhile.
-    quick_compile
-        Compile without LLVM's optimisation passes (faster to build, slower to run: for
-        small jobs). Default: when ``data`` holds fewer than
-        :data:`QUICK_COMPILE_ELEMENTS` elements. A caller that solves many batches with
-        one compiled solver should decide from the size of the whole job.
+    effort
+        Compiler effort: ``"quick"`` (no LLVM optimisation: fastest to build, slowest to
+        run, for small jobs), ``"light"`` (LLVM -O1, on the CPU; elsewhere as ``"full"``) or
+        ``"full"``. Default:
+        :func:`compile_effort` of the number of elements in ``data``. A caller that
+        solves many batches with one compiled solver should decide from the size of the
+        whole job.
     init
         ``init(data, shared) -> [B, P]`` starting values, computed inside the compiled
         solver (a stable function, like ``fgh``); used instead of ``theta0`` (which then
@@ -300,10 +327,13 @@ def newton_minimize(
         "stall_steps": np.asarray(int(stall_steps), np.int32),
         "use_init": np.asarray(bool(use_init)),
     }
-    if quick_compile is None:
-        size = sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(data))
-        quick_compile = size < QUICK_COMPILE_ELEMENTS
-    solve = _solve_quick if quick_compile else _solve_optimized
+    if effort is None:
+        effort = compile_effort(
+            sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(data))
+        )
+    if effort not in _EFFORT_OPTIONS:
+        raise ValueError(f"`effort` must be one of {sorted(_EFFORT_OPTIONS)}, got {effort!r}.")
+    solve = _SOLVERS[effort, next(iter(theta0.devices())).platform == "cpu"]
     out = solve(fgh, init, n_terms, theta0, data, shared, max_step, opts)  # not waited for
 
     def collect() -> NewtonResult:

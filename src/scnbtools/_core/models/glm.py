@@ -49,7 +49,7 @@ import scipy.stats as st
 from jax.nn import softplus
 
 from ..data import CountData
-from ..infer.newton import QUICK_COMPILE_ELEMENTS, STATUS, newton_minimize
+from ..infer.newton import STATUS, compile_effort, newton_minimize
 from ..likelihoods import nb_logpmf, poisson_logpmf, zinb_logpmf, zip_logpmf
 
 __all__ = [
@@ -461,7 +461,9 @@ def _count_triplets(Yt: np.ndarray, group: np.ndarray | None, n_groups: int):
         # dense block, no list of the non-zero entries needed
         V = int(Yt.max(initial=0)) + 1
         if Gb * V <= max(4 * Yt.size, 1 << 20):
-            key = Yt.astype(np.int64) + (np.arange(Gb, dtype=np.int64) * V)[:, None]
+            # the row offsets added (in float64: exact) and cast to integers in one pass
+            key = np.empty(Yt.shape, np.int64)
+            np.add(Yt, (np.arange(Gb, dtype=np.float64) * V)[:, None], out=key, casting="unsafe")
             cnt = np.bincount(key.ravel(), minlength=Gb * V).reshape(Gb, V)
             cnt[:, 0] = 0  # zeros carry no count term
             gi, vals = np.nonzero(cnt)
@@ -541,11 +543,11 @@ def _auto_block(n_cells: int, n_genes: int, budget: int = 1 << 18) -> int:
     return int(max(1, min(n_genes, max(8, budget // max(n_cells, 1)))))
 
 
-def _gene_blocks(counts: CountData, block: int, genes: np.ndarray | None = None):
-    """Yield ``(genes of the block, dense genes × cells float64 block)``.
+def _gene_blocks(counts: CountData, block: int, genes: np.ndarray | None = None, dtype=np.float64):
+    """Yield ``(genes of the block, dense genes × cells block of ``dtype``)``.
 
     Genes in order (``genes=None``) or the given ones; sparse input is densified one block
-    at a time.
+    at a time. Validated counts are integers, exact in float32 below 2^24.
     """
     X = counts.X
     if sp.issparse(X):
@@ -556,7 +558,7 @@ def _gene_blocks(counts: CountData, block: int, genes: np.ndarray | None = None)
         contiguous = idx.shape[0] > 0 and idx[-1] - idx[0] == idx.shape[0] - 1
         sub = X[:, idx[0] : idx[-1] + 1] if contiguous else X[:, idx]
         Yt = sub.T.toarray() if sp.issparse(sub) else np.asarray(sub).T
-        yield idx, np.asarray(Yt, dtype=np.float64)
+        yield idx, np.asarray(Yt, dtype=dtype)
 
 
 def _covariance(H: np.ndarray) -> np.ndarray:
@@ -688,15 +690,16 @@ def fit_glm_counts(
         # One padded list length for every block (so one compiled solver): a first pass
         # finds the longest list; short lists are kept for the second pass.
         L, kept, kept_size = 128, {}, 0
-        for idx, Yt in _gene_blocks(counts, block):
+        hdt = np.float64 if dtype == "float64" else np.float32  # host blocks, as on device
+        for idx, Yt in _gene_blocks(counts, block, dtype=hdt):
             trip = _count_triplets(Yt, group, n_groups)
             L = max(L, _list_length(trip, Yt.shape[0], n, group is None))
             kept_size += trip[0].shape[0]
             if kept_size <= 1 << 22:
                 kept[int(idx[0])] = trip
 
-        # one solver for the whole fit, built quickly only when the whole fit is small
-        quick = n * G < QUICK_COMPILE_ELEMENTS
+        # one solver for the whole fit, built with the effort the whole fit is worth
+        effort = compile_effort(n * G)
 
         def solve(idx, Yt, trip, theta_init, iters):
             nb = idx.shape[0]
@@ -719,7 +722,7 @@ def fit_glm_counts(
                 tol=tol,
                 max_step=max_step,
                 asynchronous=True,
-                quick_compile=quick,
+                effort=effort,
                 init=init,
                 use_init=theta_init is None,
                 n_terms=n + L + P,
@@ -753,9 +756,10 @@ def fit_glm_counts(
         first = min(max_iter, _PHASE1_EVALS)
 
         def phase1():
-            for idx, Yt in _gene_blocks(counts, block):
-                zero[idx] = Yt.sum(axis=1) == 0
+            for idx, Yt in _gene_blocks(counts, block, dtype=hdt):
                 trip = kept.pop(int(idx[0]), None) or _count_triplets(Yt, group, n_groups)
+                # the triplets list every non-zero count: a gene without any is all zero
+                zero[idx] = np.bincount(trip[0], minlength=idx.shape[0]) == 0
                 logfact[idx] = _log_factorials(trip, block)[: idx.shape[0]]
                 yield solve(idx, Yt, trip, None, first)
 
@@ -764,7 +768,7 @@ def fit_glm_counts(
         if rest.size and max_iter > first:
             run_blocks(
                 solve(idx, Yt, _count_triplets(Yt, group, n_groups), coef[idx], max_iter - first)
-                for idx, Yt in _gene_blocks(counts, block, rest)
+                for idx, Yt in _gene_blocks(counts, block, rest, dtype=hdt)
             )
         if progress is not None and rest.size:
             progress(int(rest.size))
