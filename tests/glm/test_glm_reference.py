@@ -166,3 +166,21 @@ def test_seed_notebook_nb_experiment(seed_nb_fit64, seed_nb_reference, seed_nb_d
         assert abs(err - ref_err) <= 0.05 * ref_err, (p, err, ref_err)
         # the notebook's own numbers for this experiment were 0.026 (mean), 0.078 (dispersion)
         assert err < {"mean": 0.06, "dispersion": 0.15}[p]
+
+
+@pytest.mark.parametrize("family", ["poisson", "nb"])
+def test_intercept_only_mean_is_the_log_sample_mean(family):
+    """``mean="~ 1"`` without offset (one linear predictor for all cells, evaluated once
+    per gene): the MLE of both families is the log of the sample mean, and the Poisson
+    standard error is ``1 / sqrt(sum y)`` (closed forms, no shared code)."""
+    rng = np.random.default_rng(11)
+    Y = rng.negative_binomial(2.0, 2.0 / (2.0 + rng.uniform(0.5, 20.0, (1, 6))), (800, 6))
+    obs = pd.DataFrame({"x": rng.normal(size=800)}, index=[f"c{i}" for i in range(800)])
+    a = make_glm_adata(Y, obs)
+    snb.tl.fit_glm(a, mean="~ 1", family=family, dtype="float64", progress_bar=False)
+    coef = snb.get.glm_coef(a, param="mean").loc["Intercept"].to_numpy()
+    np.testing.assert_allclose(coef, np.log(Y.mean(axis=0)), rtol=0, atol=1e-7)
+    assert snb.get.glm_stats(a)["converged"].all()
+    if family == "poisson":
+        se = np.asarray(a.varm["glm_mean_se"]["Intercept"], dtype=float)
+        np.testing.assert_allclose(se, 1.0 / np.sqrt(Y.sum(axis=0)), rtol=1e-6)

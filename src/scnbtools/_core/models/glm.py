@@ -340,6 +340,10 @@ def _glm_fgh(family: GLMFamily, theta, data, shared):
     etas = [shared["off"][k] + X[k] @ th[k] for k in range(K)]
     y = data["y"]
     val, d, h = family.dense(y, *etas)
+    # per-cell arrays even where a one-row predictor made a term the same for every cell
+    val = jnp.broadcast_to(val, y.shape)
+    d = [jnp.broadcast_to(v, y.shape) for v in d]
+    h = {key: jnp.broadcast_to(v, y.shape) for key, v in h.items()}
     g = [-(Xa[k].T @ d[k].astype(acc)) for k in range(K)]
     Hb = {}
     for idx, (k, j) in enumerate(_pair_index(K)):
@@ -656,23 +660,31 @@ def fit_glm_counts(
             return jax.device_put(np.asarray(x, dtype=jdt if dt is None else dt))
 
         offs = [off] + [np.zeros(n)] * (K - 1)
+        # A parameter whose linear predictor is the same for every cell (all design rows
+        # equal, no per-cell offset: e.g. ``dispersion="~ 1"``) gets one row: broadcasting
+        # then evaluates its per-cell functions once per gene (the NB size exp(b), the
+        # zero-inflation sigmoid) instead of once per cell.
+        one_row = [
+            n > 1 and bool(np.all(D == D[:1]) and np.all(o == o[0]))
+            for D, o in zip(designs, offs, strict=True)
+        ]
         XX = [
             (designs[k][:, :, None] * designs[j][:, None, :]).reshape(n, -1)
             for (k, j) in _pair_index(K)
         ]
         shared = {
-            "X": tuple(arr(D) for D in designs),
+            "X": tuple(arr(D[:1] if c else D) for D, c in zip(designs, one_row, strict=True)),
             "Xacc": tuple(arr(D, jnp.float64) for D in designs),
-            "off": tuple(arr(o) for o in offs),
+            "off": tuple(arr(o[:1] if c else o) for o, c in zip(offs, one_row, strict=True)),
             "XX": tuple(arr(x, jnp.float64) for x in XX),
             "ZU": arr(ZU),
             "ZUacc": arr(ZU, jnp.float64),
             "ZZU": arr((ZU[:, :, None] * ZU[:, None, :]).reshape(ZU.shape[0], -1), jnp.float64),
             "ridge": arr(lam),
         }
-        shared["start"] = {
-            "X": shared["X"],
-            "off": shared["off"],
+        shared["start"] = {  # per-cell rows: the starting values sum over cells
+            "X": tuple(arr(D) for D in designs[:1]),
+            "off": (arr(off),),
             "pinv": tuple(arr(np.linalg.pinv(D)) for D in designs),
             "c": tuple(arr(c) for c, _ in cs),
             "has_c": tuple(jax.device_put(np.asarray(ok)) for _, ok in cs),
