@@ -189,10 +189,12 @@ def _solve(fgh, init, n_terms, theta0, data, shared, max_step, opts):
 _STATIC = ("fgh", "init", "n_terms")
 # Compiler options per effort. LLVM's optimisation passes dominate the compile time of
 # this loop: without them ("quick") it builds in a fraction of the time and runs several
-# times slower, the faster choice for small jobs; -O1 ("light") is in between. On the CPU,
-# XLA's older loop emitters replace its fusion emitters at every effort: on the NB GLM
-# (8-26 genes x 10,000-50,000 cells per block) they cut the compile's CPU seconds by a
-# quarter (-O2) to two thirds (-O0) for the same run time per block at -O2.
+# times slower, the faster choice for small jobs. On the CPU, XLA's older loop emitters
+# replace its fusion emitters at every effort, and "light" (-O1) is the default above the
+# quick size: on the NB GLM (8-26 genes x 10,000-50,000 cells per block) the loop
+# emitters cut the compile's CPU seconds by a quarter (-O2) to two thirds (-O0), and -O1
+# ran as fast as -O2 (whole fits of 10,000 and 50,000 cells x 2,000 genes) while
+# compiling in about a quarter less time. Elsewhere "light" is "full" (not measured).
 _EFFORT_OPTIONS = {
     "quick": {"xla_backend_optimization_level": 0},
     "light": {"xla_backend_optimization_level": 1},
@@ -203,7 +205,6 @@ _SOLVERS = {
     (effort, cpu): jax.jit(
         _solve,
         static_argnames=_STATIC,
-        # elsewhere "light" is "full": its trade-off was measured on the CPU only
         compiler_options=({**opts, **_CPU_ONLY} if cpu else opts if effort != "light" else {})
         or None,
     )
@@ -212,15 +213,11 @@ _SOLVERS = {
 }
 #: problems x per-problem data elements below which the quickly compiled solver is used
 QUICK_COMPILE_ELEMENTS = 1 << 18
-#: ... and below which the lightly optimised one is (on CPU)
-LIGHT_COMPILE_ELEMENTS = 1 << 26
 
 
 def compile_effort(n_elements: int) -> str:
     """How much compiler effort a job of ``n_elements`` data elements is worth."""
-    if n_elements < QUICK_COMPILE_ELEMENTS:
-        return "quick"
-    return "light" if n_elements < LIGHT_COMPILE_ELEMENTS else "full"
+    return "quick" if n_elements < QUICK_COMPILE_ELEMENTS else "light"
 
 
 def newton_minimize(
