@@ -187,28 +187,28 @@ def _solve(fgh, init, n_terms, theta0, data, shared, max_step, opts):
 
 
 _STATIC = ("fgh", "init", "n_terms")
+
+
 # Compiler options per effort. LLVM's optimisation passes dominate the compile time of
 # this loop: without them ("quick") it builds in a fraction of the time and runs several
-# times slower, the faster choice for small jobs. On the CPU, XLA's older loop emitters
-# replace its fusion emitters at every effort, and "light" (-O1) is the default above the
-# quick size: on the NB GLM (8-26 genes x 10,000-50,000 cells per block) the loop
-# emitters cut the compile's CPU seconds by a quarter (-O2) to two thirds (-O0), and -O1
-# ran as fast as -O2 (whole fits of 10,000 and 50,000 cells x 2,000 genes) while
-# compiling in about a quarter less time. Elsewhere "light" is "full" (not measured).
-_EFFORT_OPTIONS = {
-    "quick": {"xla_backend_optimization_level": 0},
-    "light": {"xla_backend_optimization_level": 1},
-    "full": {},
-}
-_CPU_ONLY = {"xla_cpu_use_fusion_emitters": False}
+# times slower, the faster choice for small jobs. On the CPU both builds use XLA's loop
+# emitters instead of its fusion emitters, and "optimized" is LLVM -O1: on the NB GLM
+# (8-26 genes x 10,000-50,000 cells per block) this compiled in about a third less CPU
+# time than XLA's default build and ran as fast (whole fits of 10,000 and 50,000 cells x
+# 2,000 genes). Elsewhere "optimized" is the default build (not measured).
+def _compiler_options(effort: str, cpu: bool) -> dict | None:
+    level = 0 if effort == "quick" else 1
+    if cpu:
+        return {"xla_backend_optimization_level": level, "xla_cpu_use_fusion_emitters": False}
+    return {"xla_backend_optimization_level": 0} if effort == "quick" else None
+
+
+_EFFORTS = ("quick", "optimized")
 _SOLVERS = {
     (effort, cpu): jax.jit(
-        _solve,
-        static_argnames=_STATIC,
-        compiler_options=({**opts, **_CPU_ONLY} if cpu else opts if effort != "light" else {})
-        or None,
+        _solve, static_argnames=_STATIC, compiler_options=_compiler_options(effort, cpu)
     )
-    for effort, opts in _EFFORT_OPTIONS.items()
+    for effort in _EFFORTS
     for cpu in (True, False)
 }
 #: problems x per-problem data elements below which the quickly compiled solver is used
@@ -217,7 +217,7 @@ QUICK_COMPILE_ELEMENTS = 1 << 18
 
 def compile_effort(n_elements: int) -> str:
     """How much compiler effort a job of ``n_elements`` data elements is worth."""
-    return "quick" if n_elements < QUICK_COMPILE_ELEMENTS else "light"
+    return "quick" if n_elements < QUICK_COMPILE_ELEMENTS else "optimized"
 
 
 def newton_minimize(
@@ -283,12 +283,10 @@ def newton_minimize(
         Return at once, with a function that waits for the solve and returns its
         result: the caller can prepare the next batch of problems on the host meanwhile.
     effort
-        Compiler effort: ``"quick"`` (no LLVM optimisation: fastest to build, slowest to
-        run, for small jobs), ``"light"`` (LLVM -O1, on the CPU; elsewhere as ``"full"``) or
-        ``"full"``. Default:
-        :func:`compile_effort` of the number of elements in ``data``. A caller that
-        solves many batches with one compiled solver should decide from the size of the
-        whole job.
+        ``"quick"`` (no LLVM optimisation: fastest to build, slowest to run, for small
+        jobs) or ``"optimized"``. Default: :func:`compile_effort` of the number of
+        elements in ``data``; a caller that solves many batches with one compiled solver
+        should decide from the size of the whole job.
     init
         ``init(data, shared) -> [B, P]`` starting values, computed inside the compiled
         solver (a stable function, like ``fgh``); used instead of ``theta0`` (which then
@@ -328,8 +326,8 @@ def newton_minimize(
         effort = compile_effort(
             sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(data))
         )
-    if effort not in _EFFORT_OPTIONS:
-        raise ValueError(f"`effort` must be one of {sorted(_EFFORT_OPTIONS)}, got {effort!r}.")
+    if effort not in _EFFORTS:
+        raise ValueError(f"`effort` must be one of {list(_EFFORTS)}, got {effort!r}.")
     solve = _SOLVERS[effort, next(iter(theta0.devices())).platform == "cpu"]
     out = solve(fgh, init, n_terms, theta0, data, shared, max_step, opts)  # not waited for
 

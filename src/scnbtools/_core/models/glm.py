@@ -683,8 +683,8 @@ def fit_glm_counts(
             "ridge": arr(lam),
         }
         shared["start"] = {  # per-cell rows: the starting values sum over cells
-            "X": tuple(arr(D) for D in designs[:1]),
-            "off": (arr(off),),
+            "X": (arr(designs[0]) if one_row[0] else shared["X"][0],),
+            "off": (arr(off) if one_row[0] else shared["off"][0],),
             "pinv": tuple(arr(np.linalg.pinv(D)) for D in designs),
             "c": tuple(arr(c) for c, _ in cs),
             "has_c": tuple(jax.device_put(np.asarray(ok)) for _, ok in cs),
