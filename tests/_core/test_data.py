@@ -167,6 +167,40 @@ def _scipy_loglik(x, values) -> float:
     return float(lp.sum())
 
 
+@pytest.mark.parametrize("fmt", ["dense", "float32", "csr", "csc"])
+def test_count_histograms_by_bincount_equal_the_sorted_non_zeros(fmt, raw_counts, monkeypatch):
+    """The bincount histograms (dense row chunks or sparse values) list exactly each gene's
+    distinct non-zero counts with their multiplicities, gene-major and sorted, and
+    ``gene_histograms`` gives the same arrays by either path (bincount or sort)."""
+    monkeypatch.setattr(data_mod, "_HIST_CHUNK", 1000)  # many dense chunks, a short last one
+    x = raw_counts.copy()
+    x[5, 2] = 70_000  # a large count: many empty bins
+    mat = {
+        "dense": x,
+        "float32": x.astype(np.float32),
+        "csr": sp.csr_matrix(x),
+        "csc": sp.csc_matrix(x),
+    }[fmt]
+    cd = CountData(mat)
+    gene, value, mult = cd.count_histograms()
+    want = {}
+    for i, j in zip(*np.nonzero(x), strict=True):
+        want[(j, x[i, j])] = want.get((j, x[i, j]), 0) + 1
+    assert (
+        dict(zip(zip(gene.tolist(), value.tolist(), strict=True), mult.tolist(), strict=True))
+        == want
+    )
+    order = np.lexsort((value, gene))
+    np.testing.assert_array_equal(order, np.arange(gene.shape[0]))  # gene-major, then value
+    assert cd.count_histograms(max_bins=70_000) is None  # too many bins: no histograms
+    fast = cd.gene_histograms()
+    monkeypatch.setattr(CountData, "count_histograms", lambda self, max_bins=0: None)
+    slow = cd.gene_histograms()
+    for name in ("value", "gene", "weight", "n_zeros"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name), err_msg=name)
+        assert getattr(fast, name).dtype == getattr(slow, name).dtype, name
+
+
 @pytest.mark.parametrize("model", ["nbdm", "zinb"])
 def test_histogram_loglik_equals_dense(model, raw_counts):
     """The histogram likelihood (plain and with the closed-form survival normaliser) equals

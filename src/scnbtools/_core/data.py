@@ -15,6 +15,8 @@ import scipy.sparse as sp
 __all__ = ["CountData", "CountValidationError", "GeneHistograms", "PaddedRows", "SurvivalGrid"]
 
 _CHUNK_ROWS = 4096
+#: entries per chunk of a dense matrix in :meth:`CountData.count_histograms` (at least)
+_HIST_CHUNK = 1 << 19
 
 
 class CountValidationError(ValueError):
@@ -292,12 +294,68 @@ class CountData:
         return np.flatnonzero(self.cell_totals() == 0)
 
     # ------------------------------------------------------------------ sufficient statistics
-    def gene_histograms(self) -> GeneHistograms:
-        """Per-gene count histograms in one pass over the non-zeros.
+    def count_histograms(self, max_bins: int = 1 << 22):
+        """Every gene's non-zero counts as int64 ``(gene, value, multiplicity)`` arrays.
 
-        Cost is ``O(nnz log nnz)`` time and ``O(nnz)`` temporary memory; the result has
-        one entry per distinct (gene, count) pair.
+        Sorted by gene, then value. One bin per possible ``(gene, value)`` pair
+        (``sum_g (max_g + 1)`` bins), counted by ``bincount`` in one pass over the matrix
+        in its own layout (row chunks of a dense matrix, the stored values of a sparse
+        one): no sort, no transpose. Returns ``None`` when there would be more than
+        ``max_bins`` bins (very large counts); :meth:`gene_histograms` then sorts instead.
         """
+        X = self._X
+        G = self.n_genes
+        if sp.issparse(X):
+            top = np.zeros(G, np.int64)
+            for _, cols, vals in self._triplets(with_rows=False):
+                np.maximum.at(top, cols, np.asarray(vals, np.int64))
+        else:
+            top = X.max(axis=0)
+        width = np.asarray(top).ravel().astype(np.int64) + 1
+        total = int(width.sum())
+        if total > max_bins:
+            return None
+        start = np.concatenate([[0], np.cumsum(width)[:-1]])
+        if sp.issparse(X):
+            cnt = np.zeros(total, np.int64)
+            for _, cols, vals in self._triplets(with_rows=False):
+                cnt += np.bincount(start[cols] + np.asarray(vals, np.int64), minlength=total)
+        else:
+            # chunks of about max(total, _HIST_CHUNK) entries: each bincount costs its chunk
+            # plus its bins; the key is the count plus its gene's first bin, added and cast
+            # in one pass (float64 is exact for these integers)
+            rows = max(1, -(-max(total, _HIST_CHUNK) // G))
+            key = np.empty((min(rows, self.n_cells), G), np.int64)
+            offset = start.astype(np.float64)
+            cnt = np.zeros(total, np.int64)
+            for s in range(0, self.n_cells, rows):
+                block = X[s : s + rows]
+                k = key[: block.shape[0]]
+                np.add(block, offset, out=k, casting="unsafe")
+                cnt += np.bincount(k.ravel(), minlength=total)
+        cnt[start] = 0  # zeros are not listed
+        bins = np.flatnonzero(cnt)
+        gene = np.searchsorted(start, bins, side="right") - 1
+        return gene, bins - start[gene], cnt[bins]
+
+    def gene_histograms(self) -> GeneHistograms:
+        """Per-gene count histograms in one pass over the matrix.
+
+        By bincounts when the counts are small enough (:meth:`count_histograms`),
+        otherwise by sorting the non-zeros (``O(nnz log nnz)`` time, ``O(nnz)``
+        temporary memory); the result has one entry per distinct (gene, count) pair.
+        """
+        fast = self.count_histograms()
+        if fast is not None:
+            gene, value, mult = fast
+            nnz = np.bincount(gene, weights=mult, minlength=self.n_genes)
+            return GeneHistograms(
+                value=value.astype(np.float32),
+                gene=gene.astype(np.int32),
+                weight=mult.astype(np.float32),
+                n_zeros=(self.n_cells - nnz).astype(np.float32),
+                n_cells=self.n_cells,
+            )
         keys = []
         nnz_per_gene = np.zeros(self.n_genes, dtype=np.int64)
         for _, cols, vals in self._triplets(with_rows=False):

@@ -303,8 +303,10 @@ def newton_minimize(
     :class:`NewtonResult` with per-problem ``status`` codes (see :data:`STATUS`), or
     with ``asynchronous=True`` a function returning it.
     """
-    if not isinstance(theta0, jax.Array):
-        theta0 = jax.device_put(np.asarray(theta0))  # no device-side copy kernel to build
+    if isinstance(theta0, jax.Array):
+        platform = next(iter(theta0.devices())).platform
+    else:  # host arrays go to the jitted solver as they are (it copies them to the device)
+        theta0, platform = np.asarray(theta0), jax.default_backend()
     if theta0.ndim != 2:
         raise ValueError(f"`theta0` must have shape [problems, parameters], got {theta0.shape}.")
     if rel_floor is None:
@@ -328,7 +330,7 @@ def newton_minimize(
         )
     if effort not in _EFFORTS:
         raise ValueError(f"`effort` must be one of {list(_EFFORTS)}, got {effort!r}.")
-    solve = _SOLVERS[effort, next(iter(theta0.devices())).platform == "cpu"]
+    solve = _SOLVERS[effort, platform == "cpu"]
     out = solve(fgh, init, n_terms, theta0, data, shared, max_step, opts)  # not waited for
 
     def collect() -> NewtonResult:

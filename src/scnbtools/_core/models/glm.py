@@ -320,6 +320,24 @@ def _pair_index(K: int) -> list[tuple[int, int]]:
 
 
 _TRACES = [0]  # how often the objective was traced (i.e. a solver compiled)
+#: designs with at most this many columns get their linear predictor as a sum of columns
+_SUM_COLUMNS = 32
+
+
+def _linear(X, b):
+    """The linear predictor ``X @ b`` of one gene (vmapped over genes outside).
+
+    For a few columns it is written as a sum of scaled columns: that fuses with the
+    elementwise work that follows, whereas the vmapped product becomes a matrix product
+    with an inner dimension of a few columns, which cost the CPU about 1 ms per 8 genes
+    × 50,000 cells against 0.3 ms for the fused sum (with its exp).
+    """
+    if X.shape[1] > _SUM_COLUMNS:
+        return X @ b
+    out = X[:, 0] * b[0]
+    for j in range(1, X.shape[1]):
+        out = out + X[:, j] * b[j]
+    return out
 
 
 def _glm_fgh(family: GLMFamily, theta, data, shared):
@@ -337,7 +355,7 @@ def _glm_fgh(family: GLMFamily, theta, data, shared):
     sizes = [x.shape[1] for x in X]
     starts = np.concatenate([[0], np.cumsum(sizes)])
     th = [theta[starts[k] : starts[k + 1]] for k in range(K)]
-    etas = [shared["off"][k] + X[k] @ th[k] for k in range(K)]
+    etas = [shared["off"][k] + _linear(X[k], th[k]) for k in range(K)]
     y = data["y"]
     val, d, h = family.dense(y, *etas)
     # per-cell arrays even where a one-row predictor made a term the same for every cell
@@ -409,7 +427,7 @@ def _start_values(y, sh, *, params):
     off = sh["off"][0]
     ly = jnp.log(y + 0.5) - off
     beta = sh["pinv"][0] @ ly
-    eta = off + sh["X"][0] @ beta
+    eta = off + _linear(sh["X"][0], beta)
     tot = jnp.maximum(jnp.sum(y), 0.1)
     shift = jnp.log(tot) - jax.nn.logsumexp(jnp.clip(eta, -50.0, 50.0))
     beta = beta + sh["has_c"][0] * shift * sh["c"][0]
@@ -419,7 +437,7 @@ def _start_values(y, sh, *, params):
     X0 = sh["X"][0]
     p0 = X0.shape[1]
     for _ in range(_IRLS_START_STEPS):
-        eta0 = X0 @ beta
+        eta0 = _linear(X0, beta)
         mu = jnp.exp(jnp.clip(off + eta0, -30.0, 30.0))
         phi = _moment_phi(y, mu) if "dispersion" in params else 0.0
         wt = mu / (1.0 + phi * mu)
@@ -428,7 +446,7 @@ def _start_values(y, sh, *, params):
         A = A + (1e-8 * jnp.trace(A) / p0 + 1e-30) * jnp.eye(p0, dtype=A.dtype)
         new = jnp.linalg.solve(A, X0.T @ (wt * z))
         beta = jnp.where(jnp.all(jnp.isfinite(new)), new, beta)
-    mu = jnp.exp(jnp.clip(off + X0 @ beta, -30.0, 30.0))
+    mu = jnp.exp(jnp.clip(off + _linear(X0, beta), -30.0, 30.0))
     out.append(beta)
     log_r = jnp.asarray(0.0, y.dtype)
     for k, name in enumerate(params):
@@ -657,7 +675,10 @@ def fit_glm_counts(
 
         def arr(x, dt=None):
             # cast on the host: a device-side cast would compile one tiny kernel per shape
-            return jax.device_put(np.asarray(x, dtype=jdt if dt is None else dt))
+            return jax.device_put(host(x, dt))
+
+        def host(x, dt=None):
+            return np.asarray(x, dtype=jdt if dt is None else dt)
 
         offs = [off] + [np.zeros(n)] * (K - 1)
         # A parameter whose linear predictor is the same for every cell (all design rows
@@ -699,16 +720,32 @@ def fit_glm_counts(
         status = np.zeros(G, np.int64)
         zero = np.zeros(G, bool)
         logfact = np.zeros(G)
-        # One padded list length for every block (so one compiled solver): a first pass
-        # finds the longest list; short lists are kept for the second pass.
+        # One padded list length for every block (so one compiled solver). With one
+        # dispersion row (or none) a gene's list is its count histogram: every gene's is
+        # read in one pass over the matrix in its own layout. Otherwise a first pass over
+        # the blocks finds the longest list, and short lists are kept for the second pass.
         L, kept, kept_size = 128, {}, 0
         hdt = np.float64 if dtype == "float64" else np.float32  # host blocks, as on device
-        for idx, Yt in _gene_blocks(counts, block, dtype=hdt):
-            trip = _count_triplets(Yt, group, n_groups)
-            L = max(L, _list_length(trip, Yt.shape[0], n, group is None))
-            kept_size += trip[0].shape[0]
-            if kept_size <= 1 << 22:
-                kept[int(idx[0])] = trip
+        hist = counts.count_histograms() if group is not None and n_groups == 1 else None
+        if hist is not None:
+            L = max(L, _list_length(hist, G, n, False))
+            hist_ptr = np.searchsorted(hist[0], np.arange(G + 1))
+        else:
+            for idx, Yt in _gene_blocks(counts, block, dtype=hdt):
+                trip = _count_triplets(Yt, group, n_groups)
+                L = max(L, _list_length(trip, Yt.shape[0], n, group is None))
+                kept_size += trip[0].shape[0]
+                if kept_size <= 1 << 22:
+                    kept[int(idx[0])] = trip
+
+        def triplets(idx, Yt):
+            """The count triplets of a block of genes (gene numbered within the block)."""
+            if hist is None:
+                return kept.pop(int(idx[0]), None) or _count_triplets(Yt, group, n_groups)
+            first, lens = hist_ptr[idx], hist_ptr[idx + 1] - hist_ptr[idx]
+            pos = np.repeat(first - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+            gene = np.repeat(np.arange(idx.shape[0]), lens)
+            return gene, np.zeros(gene.shape[0], np.int64), hist[1][pos], hist[2][pos]
 
         # one solver for the whole fit, built with the effort the whole fit is worth
         effort = compile_effort(n * G)
@@ -724,10 +761,12 @@ def fit_glm_counts(
                 theta0 = np.zeros((block, P), jdt)
             else:
                 theta0 = np.concatenate([theta_init, np.repeat(theta_init[-1:], block - nb, 0)])
-            data = {"y": arr(Yt), "v": arr(V_), "u": jax.device_put(U_), "w": arr(W_)}
+            # host arrays go to the solver as they are: the jitted call copies them to the
+            # device itself, at less cost than one device_put each
+            data = {"y": host(Yt), "v": host(V_), "u": U_, "w": host(W_)}
             pending = newton_minimize(
                 fgh,
-                arr(theta0),
+                host(theta0),
                 data,
                 shared,
                 max_iter=iters,
@@ -769,7 +808,7 @@ def fit_glm_counts(
 
         def phase1():
             for idx, Yt in _gene_blocks(counts, block, dtype=hdt):
-                trip = kept.pop(int(idx[0]), None) or _count_triplets(Yt, group, n_groups)
+                trip = triplets(idx, Yt)
                 # the triplets list every non-zero count: a gene without any is all zero
                 zero[idx] = np.bincount(trip[0], minlength=idx.shape[0]) == 0
                 logfact[idx] = _log_factorials(trip, block)[: idx.shape[0]]
@@ -779,7 +818,7 @@ def fit_glm_counts(
         rest = np.flatnonzero(status == _MAX_ITER)
         if rest.size and max_iter > first:
             run_blocks(
-                solve(idx, Yt, _count_triplets(Yt, group, n_groups), coef[idx], max_iter - first)
+                solve(idx, Yt, triplets(idx, Yt), coef[idx], max_iter - first)
                 for idx, Yt in _gene_blocks(counts, block, rest, dtype=hdt)
             )
         if progress is not None and rest.size:
