@@ -169,3 +169,13 @@ def test_count_triplets_are_each_genes_histogram(max_count, dtype):
         got = {(a, b, v): m for a, b, v, m in zip(gene, grp, val, mult, strict=True)}
         assert got == expected
         assert np.all(np.diff(gene) >= 0)  # gene-major, as _pad_triplets needs
+
+
+@pytest.mark.parametrize("p", [3, glm._SUM_COLUMNS + 5])  # column sums, and the product
+def test_linear_predictor_equals_the_matrix_product(p):
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(50, p))
+    b = rng.normal(size=p)
+    np.testing.assert_allclose(
+        np.asarray(glm._linear(jnp.asarray(X), jnp.asarray(b))), X @ b, rtol=1e-5, atol=1e-5
+    )
