@@ -57,6 +57,18 @@ def test_outputs_written(fitted):
     assert err_pred < err_obs
 
 
+def test_default_matched_library_reproduces_each_cells_total(fitted):
+    """With the default ``library="matched"`` the denoised counts (dropout included) of
+    every cell sum to its observed total, and the library lies above that total by the
+    dropout the model expects."""
+    a = fitted.copy()
+    assert a.uns["zipo"]["params"]["library"] == "matched"
+    snb.tl.denoise(a, kind="counts")
+    total = np.asarray(a.X.sum(1)).ravel()
+    np.testing.assert_allclose(a.layers["zipo_counts"].sum(1), total, rtol=1e-4)
+    assert np.all(a.obs["zipo_library"].to_numpy() > total)
+
+
 def test_heldout_nll_beats_nb_baseline(fitted):
     a = fitted
     val = a.obs["zipo_validation"].to_numpy()

@@ -193,3 +193,36 @@ def test_prune_first_layer_normalises_per_neuron():
         pruned, np.array([[1.0, -0.001], [0.5, 0.01], [0.0, -0.002]], np.float32)
     )
     assert frac == pytest.approx(1 / 6)
+
+
+@pytest.mark.parametrize("likelihood", ["zip", "zinb", "poisson", "nb"])
+@pytest.mark.parametrize("library", ["matched", "observed", "predicted"])
+def test_library_in_use(likelihood, library):
+    """``matched``: each cell's expected total count, dropout included, equals its observed
+    total (without zero inflation the library is that total); ``observed``: the total;
+    ``predicted``: the head's output. ``log_rate`` always uses the library in use."""
+    import dataclasses
+
+    cfg, params, state, x, batch = _network(likelihood)
+    cfg = dataclasses.replace(cfg, library=library)
+    xd = zipo.densify(batch["cols"], batch["vals"], G)
+    out, _ = zipo.apply(params, state, xd, batch["cov"], batch["log_lib"], config=cfg, train=False)
+    log_l = np.asarray(out["log_l"], np.float64)
+    np.testing.assert_allclose(
+        np.asarray(out["log_rate"]),
+        log_l[:, None] + np.asarray(out["log_mu"]),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    total = x.sum(1)
+    if library == "predicted":
+        np.testing.assert_array_equal(np.asarray(out["log_l"]), np.asarray(out["log_library"]))
+        return
+    rate = np.exp(np.asarray(out["log_rate"], np.float64))
+    keep = expit(-np.asarray(out["gate_logits"], np.float64)) if cfg.zero_inflated else 1.0
+    if library == "observed":
+        np.testing.assert_allclose(np.exp(log_l), total, rtol=1e-5)
+        return
+    np.testing.assert_allclose((keep * rate).sum(1), total, rtol=1e-5)
+    if cfg.zero_inflated:  # the dropout the model expects lifts the library above the total
+        assert np.all(np.exp(log_l) > total)

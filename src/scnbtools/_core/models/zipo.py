@@ -13,7 +13,11 @@ data"; the ZiPo paper):
 * **zero-inflation head**: ``logit z = V A_z + b_z`` (one logit per cell and gene);
 * **decoder**: ``log mu = log_softmax(V A_mu + b_mu)`` — expression fractions summing to 1;
 * the rate of the count part is ``m = l mu``; for NB likelihoods a per-gene inverse
-  dispersion ``r_g`` (variance ``m + m^2 / r``).
+  dispersion ``r_g`` (variance ``m + m^2 / r``). The library ``l`` in use is the head's
+  prediction (``library="predicted"``, the paper), the cell's total count ``T``
+  (``"observed"``), or (``"matched"``, the default) ``l = T / sum_g (1 - pi_g) mu_g``, at which
+  the cell's expected total count equals ``T`` (``pi``: zero-inflation probabilities; without
+  zero inflation this is ``T``).
 
 Loss (per entry, so the penalty weights do not depend on the number of genes)::
 
@@ -94,7 +98,10 @@ class ZipoConfig:
     n_covariates: int = 0
     library_dims: tuple[int, ...] = (16, 4)
     likelihood: str = "zip"
-    library: str = "predicted"
+    #: "predicted" (the library head), "observed" (the cell's total count) or "matched"
+    #: (the library at which the cell's expected total count, zero inflation included,
+    #: equals its observed total)
+    library: str = "matched"
 
     @property
     def zero_inflated(self) -> bool:
@@ -232,7 +239,8 @@ def apply(params, state, x, covariates, log_library_obs, *, config: ZipoConfig, 
     Returns
     -------
     ``(out, batch_stats)``: ``out`` has ``latent`` ``[b, n_latent]``, ``log_library``
-    ``[b]`` (the predicted one), ``log_mu`` ``[b, g]`` (log fractions), ``log_rate``
+    ``[b]`` (the library head's prediction), ``log_l`` ``[b]`` (the library in use, see
+    ``ZipoConfig.library``), ``log_mu`` ``[b, g]`` (log fractions), ``log_rate``
     ``[b, g]`` (``log l + log mu`` with the library in use), ``gate_logits`` ``[b, g]``
     (zero-inflated likelihoods only) and ``log_r`` ``[g]`` (NB likelihoods only).
     """
@@ -258,15 +266,23 @@ def apply(params, state, x, covariates, log_library_obs, *, config: ZipoConfig, 
         g, stats[name] = _block_apply(g, params[name], state[name], train)
     log_library = (g @ params["lib_out"]["W"] + params["lib_out"]["b"])[:, 0]
     log_mu = jax.nn.log_softmax(v @ params["dec"]["W"] + params["dec"]["b"], axis=-1)
-    log_l = log_library if c.library == "predicted" else log_library_obs
+    gate_logits = v @ params["zi"]["W"] + params["zi"]["b"] if c.zero_inflated else None
+    if c.library == "predicted":
+        log_l = log_library
+    elif c.library == "observed":
+        log_l = log_library_obs
+    else:  # "matched": the expected total count of the cell equals its observed total
+        kept = log_mu if gate_logits is None else log_mu + jax.nn.log_sigmoid(-gate_logits)
+        log_l = log_library_obs - jax.scipy.special.logsumexp(kept, axis=1)
     out = {
         "latent": z,
         "log_library": log_library,
+        "log_l": log_l,
         "log_mu": log_mu,
         "log_rate": log_l[:, None] + log_mu,
     }
     if c.zero_inflated:
-        out["gate_logits"] = v @ params["zi"]["W"] + params["zi"]["b"]
+        out["gate_logits"] = gate_logits
     if c.negative_binomial:
         out["log_r"] = params["disp"]["log_r"]
     return out, stats
@@ -639,7 +655,7 @@ def cell_outputs(out, x, mask, *, config: ZipoConfig):
     w = mask[:, None]
     res = {
         "latent": out["latent"],
-        "log_library": out["log_library"],
+        "log_library": out["log_l"],  # the library in use
         "ll": entry_loglik(x, out, config.likelihood).sum(axis=1),
     }
     per_gene = {"rho": jnp.exp(out["log_mu"]), "mu": jnp.exp(out["log_rate"])}
