@@ -124,3 +124,30 @@ def test_progress_bar_and_no_validation(capsys):
 def test_bad_batch_size():
     with pytest.raises(ValueError, match="batch_size"):
         _run(batch_size=500)
+
+
+def test_host_ravel_and_unravel_match_ravel_pytree():
+    """The driver's host-side raveling has ``ravel_pytree``'s layout, and its unravel gives
+    the same leaves on a host vector and traced inside ``jit``."""
+    from jax.flatten_util import ravel_pytree
+
+    from scnbtools._core.infer import minibatch as mb
+
+    rs = np.random.default_rng(0)
+    params = {
+        "b": {"W": rs.normal(size=(3, 4)).astype(np.float32), "v": np.float32(2.5)},
+        "a": rs.normal(size=(5,)).astype(np.float32),
+    }
+    flat_ref, unravel_ref = ravel_pytree(params)
+    flat = mb._ravel_host(params)
+    np.testing.assert_array_equal(flat, np.asarray(flat_ref))
+    unravel = mb._unravel_fn(mb._spec(params))
+    for got in (unravel(flat), jax.jit(unravel)(jnp.asarray(flat))):
+        want = unravel_ref(flat_ref)
+        assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+        for g, w in zip(
+            jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True
+        ):
+            assert np.shape(g) == np.shape(w)
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    assert isinstance(unravel(flat)["a"], np.ndarray)  # host in, host out

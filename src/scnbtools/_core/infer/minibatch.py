@@ -34,7 +34,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.flatten_util import ravel_pytree
 
 from .._progress import progress
 
@@ -98,9 +97,27 @@ def _spec(params) -> tuple:
 
 
 def _unravel_fn(spec: tuple):
+    """``unravel(flat)`` for parameters of structure ``spec``: slices and reshapes that run
+    traced inside a jitted function, or with NumPy on a host vector (no eager JAX ops, each
+    of which would compile a small kernel per leaf)."""
     treedef, shapes = spec
-    template = jax.tree_util.tree_unflatten(treedef, [np.zeros(s, d) for s, d in shapes])
-    return ravel_pytree(template)[1]
+    ends = np.cumsum([int(np.prod(s)) for s, _ in shapes])
+
+    def unravel(flat):
+        leaves = [
+            flat[end - int(np.prod(s)) : end].reshape(s).astype(d)
+            for end, (s, d) in zip(ends, shapes, strict=True)
+        ]
+        return jax.tree_util.tree_unflatten(treedef, leaves)
+
+    return unravel
+
+
+def _ravel_host(params) -> np.ndarray:
+    """The parameters as one host vector, in ``_spec`` order (``ravel_pytree``'s layout)."""
+    leaves = [np.ravel(np.asarray(a)) for a in jax.tree_util.tree_leaves(params)]
+    dtype = np.result_type(*leaves)
+    return np.concatenate(leaves).astype(dtype, copy=False)
 
 
 @functools.lru_cache(maxsize=32)
@@ -212,7 +229,8 @@ def run_minibatch(
             f"`batch_size` must be in [1, {n_train}] (training cells), got {batch_size}."
         )
     spec = _spec(params)
-    params, unravel = ravel_pytree(params)
+    unravel = _unravel_fn(spec)
+    params = jax.device_put(_ravel_host(params))  # one transfer, no eager kernels
     opt_state = _optimizer(sched.learning_rate).init(params)
     traces0 = _TRACES[0]
     run_epoch = make_epoch(loss_fn, n_train, batch_size, spec)
@@ -273,7 +291,7 @@ def run_minibatch(
                 break
 
     return MinibatchResult(
-        params=unravel(best_params),
+        params=unravel(np.asarray(best_params)),  # host arrays
         state=best_state,
         history={k: np.asarray(v, dtype=np.float64) for k, v in hist.items()},
         best_epoch=best_epoch,

@@ -629,8 +629,7 @@ def map_cells(params, state, arrays, *, config: ZipoConfig, fn, batch_size: int 
     """
     n = int(arrays["cols"].shape[0])
     bs = int(batch_size)
-    p = jax.tree_util.tree_map(jnp.asarray, params)
-    s = jax.tree_util.tree_map(jnp.asarray, state)
+    p, s = jax.device_put((params, state))  # one transfer, no per-leaf copy kernels
     run = _runner(config, fn)
     sums: dict[str, np.ndarray] = {}
     pieces: dict[str, list[np.ndarray]] = {}
