@@ -302,3 +302,24 @@ def test_sparse_input_is_never_densified(raw_counts, sparse_formats, fmt, monkey
     with pytest.raises(AssertionError, match="densified"):  # the trap works
         X.toarray()
     _assert_same(want, _summary(CountData(X)), fmt)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_duplicate_sparse_entries_are_summed_like_toarray(fmt, raw_counts):
+    """A sparse matrix may store one (cell, gene) entry several times, meaning their sum:
+    every statistic equals the dense matrix's, and the caller's matrix is not changed."""
+    x = raw_counts
+    ref = sp.csr_matrix(x) if fmt == "csr" else sp.csc_matrix(x)
+    half = ref.data // 2  # each entry stored twice, as half and the rest (zeros included)
+    data = np.stack([half, ref.data - half], axis=1).ravel()
+    cls = sp.csr_matrix if fmt == "csr" else sp.csc_matrix
+    mat = cls((data, np.repeat(ref.indices, 2), 2 * ref.indptr), shape=x.shape)
+    assert not mat.has_canonical_format
+    before = (mat.data.copy(), mat.indices.copy(), mat.indptr.copy())
+    np.testing.assert_array_equal(mat.toarray(), x)
+    got, want = CountData(mat), CountData(x)
+    for a, b in zip(got.count_histograms(), want.count_histograms(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    _assert_same(_summary(got), _summary(want), f"{fmt} with duplicates")
+    for a, b in zip((mat.data, mat.indices, mat.indptr), before, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -126,3 +126,23 @@ def test_compile_effort_grows_with_the_job_and_bad_efforts_are_refused():
     theta0, data = _problems()
     with pytest.raises(ValueError, match="effort"):
         newton_minimize(rosenbrock, theta0, data, 100.0, effort="fast")
+
+
+def _nearly_singular(theta, data, shared):
+    """``f = s^2 / 2`` with ``s = x + 1e-4 y - t``: a Hessian of condition ~1e8, whose small
+    eigenvalue is floored differently in float32 and float64 precision."""
+    s = theta[0] + 1e-4 * theta[1] - data["t"]
+    H = jnp.array([[1.0, 1e-4], [1e-4, 1e-8]]) + 0.0 * theta[0]
+    return jnp.stack([0.5 * s * s, 0.0 * theta[1]]), jnp.stack([s, 1e-4 * s]), H
+
+
+def test_host_start_is_solved_like_a_device_start():
+    """A NumPy float64 start (float64 off) is solved in float32 with float32's eigenvalue
+    floor and options, exactly as the same start passed as a JAX array."""
+    data = {"t": jnp.asarray(np.linspace(1, 2, 4), jnp.float32)}
+    host = np.zeros((4, 2))  # float64
+    a = newton_minimize(_nearly_singular, jnp.asarray(host), data, None, max_iter=20)
+    b = newton_minimize(_nearly_singular, host, data, None, max_iter=20)
+    assert b.theta.dtype == a.theta.dtype == np.float32
+    np.testing.assert_array_equal(b.status, a.status)
+    np.testing.assert_array_equal(b.theta, a.theta)

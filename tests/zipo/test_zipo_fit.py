@@ -49,7 +49,8 @@ def test_outputs_written(fitted):
     n = res["n_epochs_run"]
     assert res["loss"].shape == res["val_loss"].shape == res["learning_rate"].shape == (n,)
     assert 0 <= res["best_epoch"] < n
-    # the predicted library tracks the true one better than the observed total does
+    # the library in use (matched, the default) tracks the true one better than the
+    # observed total does
     truth = a.layers["rates"].sum(1)
     obs_total = np.asarray(a.X.sum(1)).ravel()
     err_pred = np.std(np.log(lib) - np.log(truth))

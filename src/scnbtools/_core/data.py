@@ -165,7 +165,11 @@ class CountData:
             _check_shape_dtype(X.shape, X.dtype, name)
             if X.format not in ("csr", "csc"):
                 X = X.tocsr()
-            X = X.copy() if not X.has_sorted_indices else X
+            if not X.has_canonical_format:
+                # duplicate (row, column) entries are summed, as ``toarray`` would, and the
+                # indices sorted; on a copy, so the caller's matrix is left as it is
+                X = X.copy()
+                X.sum_duplicates()
             self._X = X
         elif isinstance(X, np.ndarray) or hasattr(X, "__array__"):
             arr = np.asarray(X)
@@ -298,9 +302,9 @@ class CountData:
         """Every gene's non-zero counts as int64 ``(gene, value, multiplicity)`` arrays.
 
         Sorted by gene, then value. One bin per possible ``(gene, value)`` pair
-        (``sum_g (max_g + 1)`` bins), counted by ``bincount`` in one pass over the matrix
-        in its own layout (row chunks of a dense matrix, the stored values of a sparse
-        one): no sort, no transpose. Returns ``None`` when there would be more than
+        (``sum_g (max_g + 1)`` bins), counted by ``bincount`` over the matrix in its own
+        layout (row chunks of a dense matrix, the stored values of a sparse one), after a
+        pass for each gene's largest count: no sort, no transpose. Returns ``None`` when there would be more than
         ``max_bins`` bins (very large counts); :meth:`gene_histograms` then sorts instead.
         """
         X = self._X

@@ -41,8 +41,10 @@ def denoise(
 
     **ZiPo fits** (:func:`scnbtools.tl.fit_zipo`), with ``mu_cg`` the decoder's expression
     fraction of gene ``g`` in cell ``c`` (``sum_g mu_cg = 1``), ``z_cg`` the zero-inflation
-    (dropout) probability and ``l_c`` the library size the fit uses (predicted by the library
-    head, or the observed total with ``library="observed"``):
+    (dropout) probability and ``l_c`` the library size the fit uses (``library="matched"``, the
+    default: the library at which the cell's expected total count, dropout included, equals
+    its observed total; ``"predicted"``: the library head's prediction; ``"observed"``: the
+    observed total):
 
     * ``"fractions"``: ``mu_cg`` — composition, independent of sequencing depth; with
       ``target_library=T``, ``T * mu_cg`` (a denoised counterpart of

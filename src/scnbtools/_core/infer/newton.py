@@ -220,6 +220,14 @@ def compile_effort(n_elements: int) -> str:
     return "quick" if n_elements < QUICK_COMPILE_ELEMENTS else "optimized"
 
 
+def _default_platform() -> str:
+    """Platform of the device that host arguments of a jitted call go to."""
+    dev = jax.config.jax_default_device  # set by ``jax.default_device(...)``
+    if dev is None:
+        return jax.default_backend()
+    return dev if isinstance(dev, str) else dev.platform
+
+
 def newton_minimize(
     fgh: Callable[[jax.Array, Any, Any], tuple[jax.Array, jax.Array, jax.Array]],
     theta0,
@@ -305,8 +313,12 @@ def newton_minimize(
     """
     if isinstance(theta0, jax.Array):
         platform = next(iter(theta0.devices())).platform
-    else:  # host arrays go to the jitted solver as they are (it copies them to the device)
-        theta0, platform = np.asarray(theta0), jax.default_backend()
+    else:
+        # host arrays go to the jitted solver as they are (it copies them to the device), in
+        # the dtype JAX gives them there (float64 only under ``jax.enable_x64``)
+        theta0 = np.asarray(theta0)
+        theta0 = theta0.astype(jax.dtypes.canonicalize_dtype(theta0.dtype), copy=False)
+        platform = _default_platform()
     if theta0.ndim != 2:
         raise ValueError(f"`theta0` must have shape [problems, parameters], got {theta0.shape}.")
     if rel_floor is None:
