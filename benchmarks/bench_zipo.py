@@ -7,7 +7,7 @@ What is compared, in one run on one machine
   (each method holds out 10 % of them for its own validation), 1,000 to score.
 * **methods**: ``snb.tl.fit_zipo`` with ``likelihood="zinb"`` and ``"zip"`` (defaults
   otherwise: encoder 256-64, 32 latents, batch 256, learning rate 0.02 decaying to 1e-3,
-  alpha_z = alpha_w = 0.1), and ``scvi.model.SCVI`` with ``gene_likelihood="zinb"`` and
+  alpha_z = alpha_w = 0.1, ``library="matched"``), and ``scvi.model.SCVI`` with ``gene_likelihood="zinb"`` and
   ``"nb"`` (defaults: 1 hidden layer of 128, 10 latents, batch 128, Adam 1e-3). Every method
   runs exactly ``--epochs`` epochs (ZiPo's early stopping is switched off; it keeps the
   weights of its best validation epoch, SCVI its last).
