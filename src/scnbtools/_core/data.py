@@ -304,15 +304,18 @@ class CountData:
         Sorted by gene, then value. One bin per possible ``(gene, value)`` pair
         (``sum_g (max_g + 1)`` bins), counted by ``bincount`` over the matrix in its own
         layout (row chunks of a dense matrix, the stored values of a sparse one), after a
-        pass for each gene's largest count: no sort, no transpose. Returns ``None`` when there would be more than
-        ``max_bins`` bins (very large counts); :meth:`gene_histograms` then sorts instead.
+        pass for each gene's largest count: no sort, no transpose. Returns ``None`` when
+        there would be more than ``max_bins`` bins (very large counts);
+        :meth:`gene_histograms` then sorts instead.
         """
         X = self._X
         G = self.n_genes
         if sp.issparse(X):
+            # the stored values with their genes, listed once for both passes
+            stored = [(c, np.asarray(v, np.int64)) for _, c, v in self._triplets(with_rows=False)]
             top = np.zeros(G, np.int64)
-            for _, cols, vals in self._triplets(with_rows=False):
-                np.maximum.at(top, cols, np.asarray(vals, np.int64))
+            for cols, vals in stored:
+                np.maximum.at(top, cols, vals)
         else:
             top = X.max(axis=0)
         width = np.asarray(top).ravel().astype(np.int64) + 1
@@ -322,8 +325,8 @@ class CountData:
         start = np.concatenate([[0], np.cumsum(width)[:-1]])
         if sp.issparse(X):
             cnt = np.zeros(total, np.int64)
-            for _, cols, vals in self._triplets(with_rows=False):
-                cnt += np.bincount(start[cols] + np.asarray(vals, np.int64), minlength=total)
+            for cols, vals in stored:
+                cnt += np.bincount(start[cols] + vals, minlength=total)
         else:
             # chunks of about max(total, _HIST_CHUNK) entries: each bincount costs its chunk
             # plus its bins; the key is the count plus its gene's first bin, added and cast

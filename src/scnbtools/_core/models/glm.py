@@ -475,21 +475,11 @@ def _count_triplets(Yt: np.ndarray, group: np.ndarray | None, n_groups: int):
 
     ``Yt`` is a dense genes × cells block. ``group=None`` keeps one triplet per non-zero
     cell (the group of a cell is the cell); otherwise cells with the same dispersion-design
-    row are pooled, so ``dispersion="~ 1"`` gives each gene's count histogram.
+    row are pooled, so ``dispersion="~ 1"`` gives each gene's count histogram (for which
+    :func:`fit_glm_counts` reads :meth:`CountData.count_histograms` instead, and comes here
+    only when those would need too many bins).
     """
     Gb = Yt.shape[0]
-    if group is not None and n_groups == 1:
-        # one group (``dispersion="~ 1"``): histogram every row by one bincount over the
-        # dense block, no list of the non-zero entries needed
-        V = int(Yt.max(initial=0)) + 1
-        if Gb * V <= max(4 * Yt.size, 1 << 20):
-            # the row offsets added (in float64: exact) and cast to integers in one pass
-            key = np.empty(Yt.shape, np.int64)
-            np.add(Yt, (np.arange(Gb, dtype=np.float64) * V)[:, None], out=key, casting="unsafe")
-            cnt = np.bincount(key.ravel(), minlength=Gb * V).reshape(Gb, V)
-            cnt[:, 0] = 0  # zeros carry no count term
-            gi, vals = np.nonzero(cnt)
-            return gi, np.zeros(gi.shape[0], np.int64), vals, cnt[gi, vals]
     gi, ci = np.nonzero(Yt)
     vals = Yt[gi, ci].astype(np.int64)
     if group is None:
