@@ -79,6 +79,28 @@ def test_heldout_nll_beats_nb_baseline(fitted):
     assert nll < nb_baseline_nll(X[~val], X[val]) - 0.1
 
 
+def test_heldout_nll_equals_scipy_on_the_networks_outputs(fitted):
+    """The stored held-out NLL (dense part on the device, count part on the host over
+    distinct (gene, count) pairs) equals scipy's ZINB log-pmf of the network's rates,
+    zero-inflation and dispersions for the validation cells, averaged over their entries."""
+    from scipy import stats
+
+    from scnbtools.tl import _zipo as tl_zipo
+
+    a = fitted
+    res = a.uns["zipo"]
+    val = a.obs["zipo_validation"].to_numpy()
+    held = a[val]
+    o = tl_zipo._outputs(res, tl_zipo._cell_arrays(held, res, None), tl_zipo._dense_fn)
+    m = np.exp(o["log_mu"].astype(np.float64) + o["log_l"][:, None])
+    pi = 1.0 - o["keep"].astype(np.float64)
+    r = np.exp(np.asarray(res["weights"]["disp"]["log_r"], np.float64))
+    x = held.X.toarray()
+    nb = stats.nbinom.logpmf(x, r, r / (r + m))
+    ll = np.where(x == 0, np.log(pi + (1 - pi) * np.exp(nb)), np.log1p(-pi) + nb)
+    assert res["heldout_nll"] == pytest.approx(-ll.mean(), rel=2e-5)
+
+
 def test_rate_mse_below_pca(fitted):
     a = fitted
     val = a.obs["zipo_validation"].to_numpy()

@@ -71,28 +71,64 @@ def test_entry_loglik_equals_scipy(likelihood):
 
 
 @pytest.mark.parametrize("likelihood", ["zip", "zinb", "poisson", "nb"])
-def test_cell_loglik_equals_scipy_summed_over_genes(likelihood):
-    """The training loss's per-cell form (count terms over the non-zeros only) equals the
-    scipy log-pmf summed over every gene, zeros included."""
+def test_dense_plus_count_loglik_equals_scipy_summed_over_genes(likelihood):
+    """The training loss's split form (the dense part per cell, the count part over the
+    distinct (gene, count) pairs) equals the scipy log-pmf summed over every gene, zeros
+    included: per cell (pairs of that cell alone), as a mean over the cells (pairs of all of
+    them), and on the host in float64 (``mean_loglik``)."""
     rs = np.random.default_rng(3)
     x = rs.poisson(rs.gamma(0.3, 6.0, (B, G))).astype(np.float32)  # mostly zeros
     x[1] = 0.0  # a cell with no counts at all
+    x[2, 0] = 250.0  # a large count
     out = {
         "log_rate": rs.normal(1.0, 1.5, (B, G)),
         "gate_logits": rs.normal(-1.0, 1.5, (B, G)),
         "log_r": rs.normal(0.5, 1.0, G),
     }
-    rows = {k: jnp.asarray(v) for k, v in zipo.cell_arrays(CountData(x)).items()}
-    assert np.any(np.asarray(rows["cols"]) == G)  # padded sparse rows, padding included
-    ll = zipo.cell_loglik(
-        jnp.asarray(x),
-        rows["cols"],
-        rows["vals"],
-        {k: jnp.asarray(v, jnp.float32) for k, v in out.items()},
-        likelihood,
-    )
+    o32 = {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}
+    arrays = zipo.cell_arrays(CountData(x))
     expected = _scipy_loglik(x, out["log_rate"], likelihood, out["gate_logits"], out["log_r"])
-    np.testing.assert_allclose(np.asarray(ll), expected.sum(axis=1), rtol=2e-5, atol=2e-3)
+    dense = np.asarray(zipo.dense_loglik(jnp.asarray(x), o32, likelihood))
+    for c in range(B):
+        pairs = {k: jnp.asarray(v) for k, v in zipo.count_pairs(arrays, [c]).items()}
+        ll = dense[c] + float(zipo.count_loglik(pairs, o32, likelihood))
+        np.testing.assert_allclose(ll, expected[c].sum(), rtol=2e-5, atol=2e-3)
+    pairs = {k: jnp.asarray(v) for k, v in zipo.count_pairs(arrays).items()}
+    mean = dense.mean() + float(zipo.count_loglik(pairs, o32, likelihood))
+    np.testing.assert_allclose(mean, expected.sum(1).mean(), rtol=2e-5)
+    host = zipo.mean_loglik(dense, arrays, np.arange(B), out["log_r"], likelihood)
+    np.testing.assert_allclose(host, expected.sum(1).mean(), rtol=2e-6)
+    sub = np.array([0, 2, 4])
+    host = zipo.mean_loglik(dense, arrays, sub, out["log_r"], likelihood)
+    np.testing.assert_allclose(host, expected[sub].sum(1).mean(), rtol=2e-6)
+
+
+@pytest.mark.parametrize("path", ["bincount", "unique"])
+def test_count_pairs_match_a_brute_force_count(path, monkeypatch):
+    """Distinct non-zero (gene, count) pairs of the chosen cells with their multiplicity per
+    cell, sorted by gene then count, padded with weight 0 to a multiple of the bucket."""
+    if path == "unique":
+        monkeypatch.setattr(zipo, "_PAIR_BINCOUNT_MAX", 0)
+    rs = np.random.default_rng(5)
+    x = rs.poisson(rs.gamma(0.5, 4.0, (40, 30))).astype(np.float32)
+    x[3, 7] = 10_000.0
+    arrays = zipo.cell_arrays(CountData(x))
+    idx = np.array([0, 3, 3, 9, 17, 39])  # a repeated cell counts twice
+    pairs = zipo.count_pairs(arrays, idx)
+    size = pairs["g"].size
+    assert size % zipo.COUNT_BUCKET == 0 and size > 0
+    sub = x[idx]
+    g, c = np.nonzero(sub.T)
+    keys, cnt = np.unique(np.stack([g, sub.T[g, c]]), axis=1, return_counts=True)
+    n = keys.shape[1]
+    np.testing.assert_array_equal(pairs["g"][:n], keys[0])
+    np.testing.assert_array_equal(pairs["k"][:n], keys[1])
+    np.testing.assert_allclose(pairs["w"][:n], cnt / idx.size, rtol=1e-7)
+    assert np.all(pairs["w"][n:] == 0) and np.all(pairs["k"][n:] == 1)
+    assert pairs["g"].dtype == np.int32 and pairs["w"].dtype == np.float32
+    # cells without counts give padding only
+    zero = zipo.count_pairs(zipo.cell_arrays(CountData(np.zeros((3, 4), np.float32))))
+    assert zero["w"].size == zipo.COUNT_BUCKET and not zero["w"].any()
 
 
 def test_loss_is_nll_plus_penalties_and_masks_padding():
@@ -100,7 +136,9 @@ def test_loss_is_nll_plus_penalties_and_masks_padding():
     documented; padding cells (mask 0) do not enter it."""
     cfg, params, state, x, batch = _network("zinb")
     mask = jnp.ones(B)
-    hyper = zipo.penalties(alpha_z=0.3, alpha_w=0.2, alpha_theta=0.05)
+    arrays = zipo.cell_arrays(CountData(x))
+    weights = zipo.penalties(alpha_z=0.3, alpha_w=0.2, alpha_theta=0.05)
+    hyper = {**weights, "counts": zipo.count_pairs(arrays)}
     # jitted: one compilation is cheaper than dispatching every primitive eagerly
     loss_fn = jax.jit(zipo.bound_loss(cfg), static_argnums=5)
     loss, (_, metrics) = loss_fn(params, state, batch, mask, None, False, hyper)
@@ -119,11 +157,15 @@ def test_loss_is_nll_plus_penalties_and_masks_padding():
     )
     np.testing.assert_allclose(float(loss), expected, rtol=2e-5)
     # mask [1, 1, 1, 0, 0] gives the loss of the first three cells alone
+    # (the count part is that of the data set the batch comes from: here the three cells)
+    hyper3 = {**weights, "counts": zipo.count_pairs(arrays, np.arange(3))}
     part_mask = jnp.asarray([1, 1, 1, 0, 0], jnp.float32)
-    full, _ = loss_fn(params, state, batch, part_mask, None, False, hyper)
+    full, (_, m_full) = loss_fn(params, state, batch, part_mask, None, False, hyper3)
     sub = {k: v[:3] for k, v in batch.items()}
-    part, _ = loss_fn(params, state, sub, jnp.ones(3), None, False, hyper)
+    part, _ = loss_fn(params, state, sub, jnp.ones(3), None, False, hyper3)
     np.testing.assert_allclose(float(full), float(part), rtol=1e-6)
+    nll3 = -_scipy_loglik(x[:3], o["log_rate"][:3], "zinb", o["gate_logits"][:3], o["log_r"])
+    np.testing.assert_allclose(float(m_full["nll"]), nll3.mean(), rtol=2e-5)
 
 
 @pytest.mark.parametrize("likelihood", ["zip", "zinb", "poisson", "nb"])
@@ -136,14 +178,22 @@ def test_loglik_finite_at_extremes(likelihood):
         "log_r": jnp.asarray([-10.0, -3.0, 0.0, 5.0, 10.0, 15.0]),
     }
 
+    pairs = zipo.count_pairs(zipo.cell_arrays(CountData(np.asarray(x))))
+
     def total(o):
         return jnp.sum(zipo.entry_loglik(x, o, likelihood))
 
-    ll = zipo.entry_loglik(x, out, likelihood)
-    grads = jax.grad(total)(out)
-    assert np.all(np.isfinite(np.asarray(ll)))
-    for g in jax.tree_util.tree_leaves(grads):
-        assert np.all(np.isfinite(np.asarray(g)))
+    def split(o):  # the training loss's form
+        return jnp.sum(zipo.dense_loglik(x, o, likelihood)) + zipo.count_loglik(
+            pairs, o, likelihood
+        )
+
+    for f in (total, split):
+        value, grads = jax.value_and_grad(f)(out)
+        assert np.isfinite(float(value))
+        for g in jax.tree_util.tree_leaves(grads):
+            assert np.all(np.isfinite(np.asarray(g)))
+    assert np.all(np.isfinite(np.asarray(zipo.entry_loglik(x, out, likelihood))))
 
 
 def test_sparsity_penalty_is_scale_invariant_per_neuron():

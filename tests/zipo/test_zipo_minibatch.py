@@ -69,6 +69,18 @@ def test_no_recompilation_and_hyper_is_traced():
     assert np.abs(np.asarray(again.params["w"])).sum() < np.abs(np.asarray(first.params["w"])).sum()
 
 
+def test_validation_batches_get_val_hyper():
+    """``val_hyper`` reaches the validation calls only; training keeps ``hyper``."""
+    base = _run(max_epochs=3)
+    res = _run(max_epochs=3, val_hyper={"l2": jnp.asarray(5.0)})
+    np.testing.assert_allclose(res.history["loss"], base.history["loss"], rtol=1e-6)
+    np.testing.assert_allclose(res.history["val_mse"], base.history["val_mse"], rtol=1e-6)
+    w2 = float(np.sum(np.asarray(res.params["w"]) ** 2))
+    assert w2 > 0.1
+    # the validation loss is the validation MSE plus 5 |w|^2 of the epoch's parameters
+    assert np.all(res.history["val_loss"] > res.history["val_mse"] + 0.5)
+
+
 def test_plateau_and_early_stopping_keep_best():
     sched = ScheduleConfig(
         learning_rate=0.05,

@@ -264,7 +264,7 @@ def _outputs(res: dict, arrays, fn):
 
 def _write_cell_outputs(target: AnnData, key: str, res: dict, arrays) -> np.ndarray:
     """obsm latent, obs library and varm per-gene means / sds over the cells; returns each
-    cell's log-likelihood (summed over genes)."""
+    cell's log-likelihood without its count part (``_core.models.zipo.dense_loglik``)."""
     cfg = _config_from(res)
     o = _outputs(res, arrays, _zipo.cell_outputs)
     target.obsm[key] = np.asarray(o["latent"], dtype=np.float32)
@@ -283,7 +283,7 @@ def _write_cell_outputs(target: AnnData, key: str, res: dict, arrays) -> np.ndar
         sd[name] = np.sqrt(np.maximum(o[f"sum_{name}2"] / n - m * m, 0.0))
     for stat, vals in (("mean", mean), ("sd", sd)):
         target.varm[_keys.gene_key(key, stat)] = pd.DataFrame(vals, index=target.var_names.copy())
-    return o["ll"]
+    return o["ll_dense"]
 
 
 def _heldout_cells(adata: AnnData, key: str, cells) -> np.ndarray:
@@ -313,9 +313,18 @@ def _heldout_cells(adata: AnnData, key: str, cells) -> np.ndarray:
     return a % n
 
 
+def _mean_nll(res: dict, ll_dense: np.ndarray, arrays, idx=None) -> float:
+    """Held-out NLL per entry of the cells ``idx`` (all) from their dense log-likelihood."""
+    idx = np.arange(ll_dense.shape[0]) if idx is None else idx
+    log_r = res["weights"]["disp"]["log_r"] if "disp" in res["weights"] else None
+    lik = res["params"]["likelihood"]
+    ll = _zipo.mean_loglik(ll_dense, arrays, idx, log_r, lik)
+    return float(-ll / len(res["var_names"]))
+
+
 def _heldout_nll(res: dict, arrays) -> float:
     o = _outputs(res, arrays, _zipo.cell_outputs)
-    return float(-o["ll"].sum() / (o["ll"].shape[0] * len(res["var_names"])))
+    return _mean_nll(res, o["ll_dense"], arrays)
 
 
 # ----------------------------------------------------------------------------- fit
@@ -567,12 +576,12 @@ def fit_zipo(
         "n_cells": int(counts.n_cells),
         "batch_size_used": int(fit.batch_size),
     }
-    ll = _write_cell_outputs(target, key, res, fit.arrays)
+    ll_dense = _write_cell_outputs(target, key, res, fit.arrays)
     is_val = np.zeros(target.n_obs, dtype=bool)
     is_val[fit.val_idx] = True
     target.obs[_keys.cell_key(key, "validation")] = is_val
     if fit.val_idx.size:
-        res["heldout_nll"] = float(-ll[fit.val_idx].mean() / counts.n_genes)
+        res["heldout_nll"] = _mean_nll(res, ll_dense, fit.arrays, fit.val_idx)
     target.uns[_keys.uns_key(key)] = res
     return target if copy else None
 

@@ -5,7 +5,8 @@
   cells, ``mask`` ``[batch]`` is 1 for real cells and 0 for padding (only validation batches
   are padded), ``state`` is non-trainable state (e.g. batch-norm statistics), ``hyper`` a
   pytree of traced hyperparameters (e.g. penalty weights, so changing them does not
-  recompile) and ``metrics`` a dict of mask-weighted scalar means.
+  recompile; also constants of the data set the batches come from, so validation batches
+  get their own, ``val_hyper``) and ``metrics`` a dict of mask-weighted scalar means.
 * One epoch — shuffle, then every full batch of the training cells (the last partial batch
   is dropped) — is one jitted ``lax.scan``; validation is another jitted scan over padded
   batches in evaluation mode. The host sees only per-epoch numbers, so the progress bar
@@ -195,6 +196,7 @@ def run_minibatch(
     val_data: Any | None,
     *,
     hyper: Any = None,
+    val_hyper: Any = None,
     rng_key,
     batch_size: int,
     max_epochs: int,
@@ -215,7 +217,10 @@ def run_minibatch(
         Pytrees of arrays whose leading axis is cells; ``val_data=None`` monitors the
         training loss instead.
     hyper
-        Traced hyperparameters passed to every ``loss_fn`` call.
+        Traced hyperparameters passed to every ``loss_fn`` call on training batches; they may
+        also hold constants of the training cells as a whole (e.g. summaries of their data).
+    val_hyper
+        The same for the validation batches (default: ``hyper``).
     batch_size
         Cells per step; must not exceed the number of training cells.
     max_epochs
@@ -239,6 +244,7 @@ def run_minibatch(
         n_val = int(jax.tree_util.tree_leaves(val_data)[0].shape[0])
         evaluate = make_evaluator(loss_fn, n_val, min(batch_size, n_val), spec)
 
+    v_hyper = hyper if val_hyper is None else val_hyper
     hist: dict[str, list[float]] = {"loss": [], "learning_rate": []}
     best, ref, best_epoch, since_best, since_plateau, factor = np.inf, np.inf, -1, 0, 0, 1.0
     best_params, best_state = params, state
@@ -257,7 +263,7 @@ def run_minibatch(
             rec = {"loss": float(loss), "learning_rate": lr}
             rec.update({f"train_{m}": float(v) for m, v in metrics.items()})
             if evaluate is not None:
-                vloss, vmetrics = evaluate(params, state, val_data, hyper)
+                vloss, vmetrics = evaluate(params, state, val_data, v_hyper)
                 rec["val_loss"] = float(vloss)
                 rec.update({f"val_{m}": float(v) for m, v in vmetrics.items()})
             for name, value in rec.items():

@@ -51,7 +51,6 @@ from ..likelihoods import (
     log_rising_factorial_ratio,
     nb_logpmf,
     poisson_logpmf,
-    zero_inflate,
     zinb_logpmf,
     zip_logpmf,
 )
@@ -60,11 +59,14 @@ __all__ = [
     "LIKELIHOODS",
     "ZipoConfig",
     "apply",
-    "cell_loglik",
+    "count_loglik",
+    "count_pairs",
+    "dense_loglik",
     "densify",
     "entry_loglik",
     "init",
     "loss_fn",
+    "mean_loglik",
     "normalized_first_layer",
     "population_stats",
     "prune_first_layer",
@@ -78,6 +80,10 @@ LIKELIHOODS: dict[str, tuple[bool, bool]] = {
     "poisson": (False, False),
     "nb": (False, True),
 }
+
+#: the pairs of :func:`count_pairs` are padded to a multiple of this
+COUNT_BUCKET = 4096
+_PAIR_BINCOUNT_MAX = 1 << 24
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.1
@@ -305,39 +311,88 @@ def entry_loglik(x, out, likelihood: str):
     raise ValueError(f"unknown likelihood {likelihood!r}")
 
 
-def cell_loglik(x, cols, vals, out, likelihood: str):
-    """Per-cell log-likelihood summed over genes ``[batch]``, equal to
-    ``entry_loglik(x, out, likelihood).sum(axis=1)`` at a fraction of the cost.
+def dense_loglik(x, out, likelihood: str):
+    """Per-cell log-likelihood summed over genes ``[batch]``, *without* the count part.
 
-    Every count log-pmf here splits into a *dense* part (log-sigmoids and ``x log p``: cheap)
-    and a *count* part ``log Gamma(x + r) - log Gamma(r) - log Gamma(x + 1)`` (Poisson:
-    ``-log Gamma(x + 1)``) that is **zero at x = 0** and, for zero-inflated likelihoods,
-    enters only where ``x > 0``. The count part is therefore summed over each cell's
-    non-zero entries only (``cols``/``vals``: the padded sparse rows that ``x`` was built
-    from; padding has value 0 and so contributes 0), which removes the special functions
-    from the zeros — most entries of single-cell data.
+    Every count log-pmf here splits into a *dense* part (log-sigmoids and ``x log p``: cheap,
+    and all that the network's outputs enter elementwise) and a *count* part
+    ``log Gamma(x + r) - log Gamma(r) - log Gamma(x + 1)`` (Poisson: ``-log Gamma(x + 1)``)
+    that is zero at ``x = 0``, enters additively where ``x > 0`` (also for zero-inflated
+    likelihoods), and depends on nothing but the count and the gene's ``r``. This function
+    is the dense part; :func:`count_loglik` is the count part, summed over the data set's
+    distinct ``(gene, count)`` pairs instead of over every entry (:func:`count_pairs`).
+    ``dense_loglik(x, ...) + count_loglik(count_pairs(x), ...)`` is
+    ``entry_loglik(x, ...).sum(axis=1)`` for a single cell; for a batch the count part is
+    the data set's per-cell mean.
     """
     log_rate = out["log_rate"]
-    nz = vals > 0
     if likelihood in ("nb", "zinb"):
         log_r = out["log_r"]
-        r = jnp.exp(log_r)
         logits = log_rate - log_r
-        base = jnp.where(x > 0, x * jax.nn.log_sigmoid(logits), 0.0) + r * jax.nn.log_sigmoid(
-            -logits
-        )
-        r_nz = jnp.take(r, cols, mode="clip")  # padding reads any r: its value is 0
-        count = log_rising_factorial_ratio(vals, r_nz)
+        # log sigmoid(logits) = log sigmoid(-logits) + logits: one softplus per entry
+        log_q = jax.nn.log_sigmoid(-logits)
+        base = jnp.where(x > 0, x * (log_q + logits), 0.0) + jnp.exp(log_r) * log_q
     elif likelihood in ("poisson", "zip"):
         base = jnp.where(x > 0, x * log_rate, 0.0) - jnp.exp(log_rate)
-        count = -jax.lax.lgamma(vals + 1.0)
     else:
         raise ValueError(f"unknown likelihood {likelihood!r}")
-    count = jnp.where(nz, count, 0.0)
     if likelihood in ("zip", "zinb"):
-        # at x = 0 the count part is 0, so ``base`` is the whole count log-pmf there
-        base = zero_inflate(x, base, gate_logits=out["gate_logits"])
-    return base.sum(axis=1) + count.sum(axis=1)
+        # log(pi + (1 - pi) p0) = log pi + softplus(log p0 - gate) and log(1 - pi) =
+        # log pi - gate: two softplus per entry (a logaddexp of two log-sigmoids takes three)
+        g = out["gate_logits"]
+        log_gate = jax.nn.log_sigmoid(g)
+        base = log_gate + jnp.where(x == 0, jax.nn.softplus(base - g), base - g)
+    return base.sum(axis=1)
+
+
+def count_pairs(arrays: Mapping[str, np.ndarray], idx=None, dtype=np.float32) -> dict:
+    """The distinct non-zero ``(gene, count)`` pairs of cells ``idx`` (all by default).
+
+    From the padded sparse rows of :func:`cell_arrays`. Returns ``g`` (int32 gene), ``k``
+    (the count) and ``w`` (how many of the cells have that count of that gene, divided by
+    the number of cells), both of ``dtype``, padded with ``w = 0`` to a multiple of
+    ``COUNT_BUCKET`` pairs so that data sets of similar size share compiled code. There
+    are at most as many pairs as non-zero entries, and usually far fewer (a gene's counts
+    repeat across cells): 24,656 pairs for 4.8 million non-zeros of 9,000 cells x 2,000
+    genes.
+    """
+    cols, vals = arrays["cols"], arrays["vals"]
+    if idx is not None:
+        cols, vals = cols[idx], vals[idx]
+    n_cells = max(int(cols.shape[0]), 1)
+    nz = vals > 0
+    c = cols[nz].astype(np.int64)
+    v = np.rint(vals[nz]).astype(np.int64)
+    width = int(v.max()) + 1 if v.size else 1
+    key = c * width + v
+    n_genes = int(c.max()) + 1 if c.size else 1
+    if n_genes * width <= _PAIR_BINCOUNT_MAX:
+        cnt = np.bincount(key, minlength=n_genes * width)
+        key = np.flatnonzero(cnt)
+        cnt = cnt[key]
+    else:
+        key, cnt = np.unique(key, return_counts=True)
+    size = max(-(-key.size // COUNT_BUCKET), 1) * COUNT_BUCKET
+    pad = size - key.size
+    return {
+        "g": np.pad(key // width, (0, pad)).astype(np.int32),
+        "k": np.pad(key % width, (0, pad), constant_values=1).astype(dtype),
+        "w": np.pad(cnt / n_cells, (0, pad)).astype(dtype),
+    }
+
+
+def count_loglik(pairs, out, likelihood: str):
+    """The count part of the log-likelihood (see :func:`dense_loglik`), summed over genes
+    and averaged over the cells that :func:`count_pairs` made ``pairs`` from (a scalar)."""
+    k = pairs["k"]
+    if likelihood in ("nb", "zinb"):
+        r = jnp.exp(out["log_r"])[pairs["g"]]
+        term = log_rising_factorial_ratio(k, r)
+    elif likelihood in ("poisson", "zip"):
+        term = -jax.lax.lgamma(k + 1.0)
+    else:
+        raise ValueError(f"unknown likelihood {likelihood!r}")
+    return jnp.sum(pairs["w"] * term)
 
 
 def sparsity_penalty(W):
@@ -366,16 +421,25 @@ def loss_fn(params, state, batch, mask, key, train: bool, hyper, *, config: Zipo
 
     ``batch`` holds ``cols``/``vals`` (padded sparse rows), ``cov`` and ``log_lib``;
     ``mask`` ``[batch]`` weights the cells (0 for padding); ``hyper`` holds the penalty
-    weights (:func:`penalties`). Returns ``(loss, (new_state, metrics))``; in training the
-    new state is the exponential moving average of batch-norm moments.
+    weights (:func:`penalties`) and ``counts``, the :func:`count_pairs` of the data set the
+    batch is drawn from. Returns ``(loss, (new_state, metrics))``; in training the new state
+    is the exponential moving average of batch-norm moments.
+
+    The NLL is the batch's mean :func:`dense_loglik` plus the *data set's* mean
+    :func:`count_loglik`. The count part depends on the parameters only through the
+    per-gene ``r``, so this is the batch's NLL with its count part replaced by that part's
+    expectation over batches: the expected loss and gradient of a random batch are
+    unchanged (with less variance), and a step costs one term per distinct
+    ``(gene, count)`` pair instead of one special function per non-zero entry. Averaged
+    over every batch of the data set (as the validation loss is) it is the exact NLL.
     """
     del key  # deterministic network
     c = config
     x = densify(batch["cols"], batch["vals"], c.n_genes)
     out, stats = apply(params, state, x, batch["cov"], batch["log_lib"], config=c, train=train)
     w = mask / jnp.sum(mask)
-    ll = cell_loglik(x, batch["cols"], batch["vals"], out, c.likelihood) / c.n_genes
-    nll = -jnp.sum(w * ll)
+    ll = jnp.sum(w * dense_loglik(x, out, c.likelihood))
+    nll = -(ll + count_loglik(hyper["counts"], out, c.likelihood)) / c.n_genes
     loss = nll
     metrics = {"nll": nll}
     if c.zero_inflated:
@@ -551,13 +615,15 @@ def fit(
     to_dev = jax.device_put  # host arrays to the device without per-shape copy kernels
     train_data = to_dev(subset(arrays, train_idx))
     val_data = to_dev(subset(arrays, val_idx)) if n_val else None
+    weights = penalties(**(hyper or {}))
     res = run_minibatch(
         bound_loss(config),
         params,
         state,
         train_data,
         val_data,
-        hyper=penalties(**(hyper or {})),
+        hyper=to_dev({**weights, "counts": count_pairs(arrays, train_idx)}),
+        val_hyper=to_dev({**weights, "counts": count_pairs(arrays, val_idx)}) if n_val else None,
         rng_key=k_train,
         batch_size=batch_size,
         max_epochs=max_epochs,
@@ -648,14 +714,15 @@ def map_cells(params, state, arrays, *, config: ZipoConfig, fn, batch_size: int 
 
 
 def cell_outputs(out, x, mask, *, config: ZipoConfig):
-    """Per-cell latent, library and log-likelihood (summed over genes), and per-gene sums
-    (for means and sds over cells) of the zero-inflation probability ``gate``, the fraction
+    """Per-cell latent, library and :func:`dense_loglik` (the log-likelihood summed over
+    genes without its count part; :func:`mean_loglik` adds that), and per-gene sums (for
+    means and sds over cells) of the zero-inflation probability ``gate``, the fraction
     ``rho`` and the NB mean ``mu``."""
     w = mask[:, None]
     res = {
         "latent": out["latent"],
         "log_library": out["log_l"],  # the library in use
-        "ll": entry_loglik(x, out, config.likelihood).sum(axis=1),
+        "ll_dense": dense_loglik(x, out, config.likelihood),
     }
     per_gene = {"rho": jnp.exp(out["log_mu"]), "mu": jnp.exp(out["log_rate"])}
     if config.zero_inflated:
@@ -665,3 +732,22 @@ def cell_outputs(out, x, mask, *, config: ZipoConfig):
         res[f"sum_{name}2"] = (w * a * a).sum(0)
     res["sum_n"] = mask.sum()
     return res
+
+
+def mean_loglik(ll_dense, arrays: Mapping[str, np.ndarray], idx, log_r, likelihood: str) -> float:
+    """Mean log-likelihood per cell (summed over genes) of the cells ``idx``: the mean of
+    their ``ll_dense`` (from :func:`cell_outputs`) plus their count part, evaluated on the
+    host in float64 over their distinct ``(gene, count)`` pairs (:func:`count_pairs`)."""
+    from scipy.special import betaln, gammaln
+
+    pairs = count_pairs(arrays, idx, dtype=np.float64)
+    k = pairs["k"]
+    if likelihood in ("nb", "zinb"):
+        r = np.exp(np.asarray(log_r, np.float64))[pairs["g"]]
+        term = -np.log(k) - betaln(r, k)
+    elif likelihood in ("poisson", "zip"):
+        term = -gammaln(k + 1.0)
+    else:
+        raise ValueError(f"unknown likelihood {likelihood!r}")
+    count = float(np.sum(pairs["w"] * term))
+    return float(np.mean(np.asarray(ll_dense, np.float64)[idx])) + count
