@@ -3,6 +3,8 @@ extremes, penalties as documented, and the scale invariance of the sparsity pena
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,12 +72,14 @@ def test_entry_loglik_equals_scipy(likelihood):
     np.testing.assert_allclose(np.asarray(ll), expected, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("form", ["survival", "pairs"])
 @pytest.mark.parametrize("likelihood", ["zip", "zinb", "poisson", "nb"])
-def test_dense_plus_count_loglik_equals_scipy_summed_over_genes(likelihood):
-    """The training loss's split form (the dense part per cell, the count part over the
-    distinct (gene, count) pairs) equals the scipy log-pmf summed over every gene, zeros
-    included: per cell (pairs of that cell alone), as a mean over the cells (pairs of all of
-    them), and on the host in float64 (``mean_loglik``)."""
+def test_dense_plus_count_loglik_equals_scipy_summed_over_genes(likelihood, form, monkeypatch):
+    """The training loss's split form (the dense part per cell, the count part from a
+    summary of the counts, in either of its two forms) equals the scipy log-pmf summed over
+    every gene, zeros included: per cell (the summary of that cell alone), as a mean over the
+    cells (the summary of all of them), and on the host in float64 (``mean_loglik``)."""
+    max_bins = 1 << 22 if form == "survival" else 0
     rs = np.random.default_rng(3)
     x = rs.poisson(rs.gamma(0.3, 6.0, (B, G))).astype(np.float32)  # mostly zeros
     x[1] = 0.0  # a cell with no counts at all
@@ -89,18 +93,46 @@ def test_dense_plus_count_loglik_equals_scipy_summed_over_genes(likelihood):
     arrays = zipo.cell_arrays(CountData(x))
     expected = _scipy_loglik(x, out["log_rate"], likelihood, out["gate_logits"], out["log_r"])
     dense = np.asarray(zipo.dense_loglik(jnp.asarray(x), o32, likelihood))
+
+    def terms(idx=None):
+        t = zipo.count_terms(arrays, idx, max_bins=max_bins)
+        if t["w"].any():  # (cells without counts have nothing to hold)
+            assert ("j" in t) == (form == "survival") and ("k" in t) == (form == "pairs")
+        return {k: jnp.asarray(v) for k, v in t.items()}
+
     for c in range(B):
-        pairs = {k: jnp.asarray(v) for k, v in zipo.count_pairs(arrays, [c]).items()}
-        ll = dense[c] + float(zipo.count_loglik(pairs, o32, likelihood))
+        ll = dense[c] + float(zipo.count_loglik(terms([c]), o32, likelihood))
         np.testing.assert_allclose(ll, expected[c].sum(), rtol=2e-5, atol=2e-3)
-    pairs = {k: jnp.asarray(v) for k, v in zipo.count_pairs(arrays).items()}
-    mean = dense.mean() + float(zipo.count_loglik(pairs, o32, likelihood))
+    mean = dense.mean() + float(zipo.count_loglik(terms(), o32, likelihood))
     np.testing.assert_allclose(mean, expected.sum(1).mean(), rtol=2e-5)
-    host = zipo.mean_loglik(dense, arrays, np.arange(B), out["log_r"], likelihood)
-    np.testing.assert_allclose(host, expected.sum(1).mean(), rtol=2e-6)
-    sub = np.array([0, 2, 4])
-    host = zipo.mean_loglik(dense, arrays, sub, out["log_r"], likelihood)
-    np.testing.assert_allclose(host, expected[sub].sum(1).mean(), rtol=2e-6)
+    if form == "pairs":  # mean_loglik picks its form itself: force this one
+        monkeypatch.setattr(zipo, "count_terms", functools.partial(zipo.count_terms, max_bins=0))
+    for sub in (np.arange(B), np.array([0, 2, 4])):
+        host = zipo.mean_loglik(dense, arrays, sub, out["log_r"], likelihood)
+        np.testing.assert_allclose(host, expected[sub].sum(1).mean(), rtol=2e-6)
+
+
+def test_count_terms_survival_bins_match_a_brute_force_count():
+    """Survival form: one bin per gene and count level j < max count, weighted by the
+    fraction of cells whose count exceeds j; the constant is -mean_c sum_g log(x!)."""
+    from scipy.special import gammaln
+
+    rs = np.random.default_rng(8)
+    x = rs.poisson(rs.gamma(0.5, 3.0, (25, 9))).astype(np.float32)
+    x[:, 4] = 0.0  # a gene without counts has no bins
+    arrays = zipo.cell_arrays(CountData(x))
+    t = zipo.count_terms(arrays)
+    n_bins = int(x.max(0).sum())
+    assert t["g"].size % zipo.COUNT_BUCKET == 0 and t["g"].size >= n_bins
+    expected = [(g, j, np.mean(x[:, g] > j)) for g in range(9) for j in range(int(x[:, g].max()))]
+    np.testing.assert_array_equal(t["g"][:n_bins], [e[0] for e in expected])
+    np.testing.assert_array_equal(t["j"][:n_bins], [e[1] for e in expected])
+    np.testing.assert_allclose(t["w"][:n_bins], [e[2] for e in expected], rtol=1e-6)
+    assert not t["w"][n_bins:].any()
+    assert float(t["const"]) == pytest.approx(-gammaln(x + 1.0).sum(1).mean(), rel=1e-6)
+    # more bins than allowed: the distinct-pairs form of the same data
+    p = zipo.count_terms(arrays, max_bins=n_bins - 1)
+    assert "k" in p and "j" not in p and float(p["const"]) == float(t["const"])
 
 
 @pytest.mark.parametrize("path", ["bincount", "unique"])
@@ -138,7 +170,7 @@ def test_loss_is_nll_plus_penalties_and_masks_padding():
     mask = jnp.ones(B)
     arrays = zipo.cell_arrays(CountData(x))
     weights = zipo.penalties(alpha_z=0.3, alpha_w=0.2, alpha_theta=0.05)
-    hyper = {**weights, "counts": zipo.count_pairs(arrays)}
+    hyper = {**weights, "counts": zipo.count_terms(arrays)}
     # jitted: one compilation is cheaper than dispatching every primitive eagerly
     loss_fn = jax.jit(zipo.bound_loss(cfg), static_argnums=5)
     loss, (_, metrics) = loss_fn(params, state, batch, mask, None, False, hyper)
@@ -158,7 +190,7 @@ def test_loss_is_nll_plus_penalties_and_masks_padding():
     np.testing.assert_allclose(float(loss), expected, rtol=2e-5)
     # mask [1, 1, 1, 0, 0] gives the loss of the first three cells alone
     # (the count part is that of the data set the batch comes from: here the three cells)
-    hyper3 = {**weights, "counts": zipo.count_pairs(arrays, np.arange(3))}
+    hyper3 = {**weights, "counts": zipo.count_terms(arrays, np.arange(3))}
     part_mask = jnp.asarray([1, 1, 1, 0, 0], jnp.float32)
     full, (_, m_full) = loss_fn(params, state, batch, part_mask, None, False, hyper3)
     sub = {k: v[:3] for k, v in batch.items()}
@@ -178,17 +210,23 @@ def test_loglik_finite_at_extremes(likelihood):
         "log_r": jnp.asarray([-10.0, -3.0, 0.0, 5.0, 10.0, 15.0]),
     }
 
-    pairs = zipo.count_pairs(zipo.cell_arrays(CountData(np.asarray(x))))
+    arrays = zipo.cell_arrays(CountData(np.asarray(x)))
+    forms = [zipo.count_terms(arrays), zipo.count_terms(arrays, max_bins=0)]
+    assert "j" in forms[0] and "k" in forms[1]
 
     def total(o):
         return jnp.sum(zipo.entry_loglik(x, o, likelihood))
 
-    def split(o):  # the training loss's form
+    def split(o, terms):  # the training loss's form
         return jnp.sum(zipo.dense_loglik(x, o, likelihood)) + zipo.count_loglik(
-            pairs, o, likelihood
+            terms, o, likelihood
         )
 
-    for f in (total, split):
+    for f in (
+        total,
+        functools.partial(split, terms=forms[0]),
+        functools.partial(split, terms=forms[1]),
+    ):
         value, grads = jax.value_and_grad(f)(out)
         assert np.isfinite(float(value))
         for g in jax.tree_util.tree_leaves(grads):

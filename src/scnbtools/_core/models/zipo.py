@@ -46,6 +46,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.special import gammaln
 
 from ..likelihoods import (
     log_rising_factorial_ratio,
@@ -61,6 +62,7 @@ __all__ = [
     "apply",
     "count_loglik",
     "count_pairs",
+    "count_terms",
     "dense_loglik",
     "densify",
     "entry_loglik",
@@ -81,7 +83,7 @@ LIKELIHOODS: dict[str, tuple[bool, bool]] = {
     "nb": (False, True),
 }
 
-#: the pairs of :func:`count_pairs` are padded to a multiple of this
+#: :func:`count_pairs` and :func:`count_terms` pad their arrays to a multiple of this
 COUNT_BUCKET = 4096
 _PAIR_BINCOUNT_MAX = 1 << 24
 
@@ -319,9 +321,9 @@ def dense_loglik(x, out, likelihood: str):
     ``log Gamma(x + r) - log Gamma(r) - log Gamma(x + 1)`` (Poisson: ``-log Gamma(x + 1)``)
     that is zero at ``x = 0``, enters additively where ``x > 0`` (also for zero-inflated
     likelihoods), and depends on nothing but the count and the gene's ``r``. This function
-    is the dense part; :func:`count_loglik` is the count part, summed over the data set's
-    distinct ``(gene, count)`` pairs instead of over every entry (:func:`count_pairs`).
-    ``dense_loglik(x, ...) + count_loglik(count_pairs(x), ...)`` is
+    is the dense part; :func:`count_loglik` is the count part, summed over a summary of the
+    data set's counts instead of over every entry (:func:`count_terms`).
+    ``dense_loglik(x, ...) + count_loglik(count_terms(x), ...)`` is
     ``entry_loglik(x, ...).sum(axis=1)`` for a single cell; for a batch the count part is
     the data set's per-cell mean.
     """
@@ -372,27 +374,86 @@ def count_pairs(arrays: Mapping[str, np.ndarray], idx=None, dtype=np.float32) ->
         cnt = cnt[key]
     else:
         key, cnt = np.unique(key, return_counts=True)
-    size = max(-(-key.size // COUNT_BUCKET), 1) * COUNT_BUCKET
-    pad = size - key.size
-    return {
-        "g": np.pad(key // width, (0, pad)).astype(np.int32),
-        "k": np.pad(key % width, (0, pad), constant_values=1).astype(dtype),
-        "w": np.pad(cnt / n_cells, (0, pad)).astype(dtype),
-    }
+    return _bucket(key // width, k=(key % width).astype(dtype), w=(cnt / n_cells).astype(dtype))
 
 
-def count_loglik(pairs, out, likelihood: str):
+def count_terms(
+    arrays: Mapping[str, np.ndarray], idx=None, dtype=np.float32, max_bins: int = 1 << 22
+) -> dict:
+    """The count part of the log-likelihood of cells ``idx`` (all by default), in the form
+    that :func:`count_loglik` evaluates for any ``r``.
+
+    Per cell, ``sum_g [log Gamma(x + r_g) - log Gamma(r_g) - log Gamma(x + 1)]``, averaged
+    over the cells, is ``A(r) + const``: ``const`` (the ``log Gamma(x + 1)`` part, a
+    number) and ``A(r) = mean_c sum_g [log Gamma(x + r_g) - log Gamma(r_g)]``, the only part
+    that depends on ``r``. ``A`` is held in one of two forms:
+
+    * **survival** (``g``, ``j``, ``w``): ``A(r) = sum w log(r_g + j)``, one bin per gene
+      and count level ``j < max_g``, with ``w`` the fraction of cells whose count of gene
+      ``g`` exceeds ``j`` (``log Gamma(x + r) - log Gamma(r) = sum_{j < x} log(r + j)``).
+      No special functions, so it is cheap to run and to compile (its gradient is
+      ``sum w / (r_g + j)``). Used when there are at most ``max_bins`` bins
+      (``sum_g max_g``: 34,044 for 9,000 cells x 2,000 genes);
+    * **pairs** (``g``, ``k``, ``w``): ``A(r) = sum w [log Gamma(k + r_g) - log Gamma(r_g)]``
+      over the distinct ``(gene, count)`` pairs (:func:`count_pairs`), for data with
+      larger counts.
+
+    Arrays are padded with ``w = 0`` to a multiple of ``COUNT_BUCKET``.
+    """
+    pairs = count_pairs(arrays, idx, dtype=np.float64)
+    g, k, w = pairs["g"], pairs["k"], pairs["w"]
+    real = w > 0
+    const = -float(np.sum(w[real] * gammaln(k[real] + 1.0)))
+    g, k, w = g[real].astype(np.int64), k[real].astype(np.int64), w[real]
+    top = np.zeros(int(g.max()) + 1 if g.size else 1, np.int64)
+    np.maximum.at(top, g, k)
+    n_bins = int(top.sum())
+    if n_bins > max_bins:
+        return {**_bucket(g, k=k.astype(dtype), w=w.astype(dtype)), "const": dtype(const)}
+    # w_gj = sum over pairs (g, k) with k > j of w: +w at the gene's first bin, -w past k
+    start = np.concatenate([[0], np.cumsum(top)[:-1]])
+    diff = np.zeros(n_bins + 1)
+    np.add.at(diff, start[g], w)
+    np.add.at(diff, start[g] + k, -w)
+    gene = np.repeat(np.arange(top.size), top)
+    level = np.arange(n_bins) - start[gene]
+    wj = np.maximum(np.cumsum(diff)[:n_bins], 0.0)  # clip round-off below 0
+    return {**_bucket(gene, j=level.astype(dtype), w=wj.astype(dtype)), "const": dtype(const)}
+
+
+def _bucket(g: np.ndarray, **arrays: np.ndarray) -> dict:
+    """``g`` (int32) and ``arrays`` padded with zeros to a multiple of ``COUNT_BUCKET``
+    (``k`` with ones, a count that is valid in every formula)."""
+    size = max(-(-g.size // COUNT_BUCKET), 1) * COUNT_BUCKET
+    pad = size - g.size
+    out = {"g": np.pad(g, (0, pad)).astype(np.int32)}
+    for name, a in arrays.items():
+        out[name] = np.pad(a, (0, pad), constant_values=1 if name == "k" else 0)
+    return out
+
+
+def _log_gamma_ratio(terms, r, xp):
+    """``A(r)`` of :func:`count_terms` (``xp``: ``jnp`` or ``np`` with a float64 ``r``)."""
+    rg = r[terms["g"]]
+    if "j" in terms:
+        return xp.sum(terms["w"] * xp.log(rg + terms["j"]))
+    k = terms["k"]
+    if xp is np:
+        from scipy.special import betaln
+
+        lrf = -np.log(k) - betaln(rg, k)
+        return np.sum(terms["w"] * (lrf + gammaln(k + 1.0)))
+    return jnp.sum(terms["w"] * (log_rising_factorial_ratio(k, rg) + jax.lax.lgamma(k + 1.0)))
+
+
+def count_loglik(terms, out, likelihood: str):
     """The count part of the log-likelihood (see :func:`dense_loglik`), summed over genes
-    and averaged over the cells that :func:`count_pairs` made ``pairs`` from (a scalar)."""
-    k = pairs["k"]
+    and averaged over the cells that :func:`count_terms` made ``terms`` from (a scalar)."""
     if likelihood in ("nb", "zinb"):
-        r = jnp.exp(out["log_r"])[pairs["g"]]
-        term = log_rising_factorial_ratio(k, r)
-    elif likelihood in ("poisson", "zip"):
-        term = -jax.lax.lgamma(k + 1.0)
-    else:
-        raise ValueError(f"unknown likelihood {likelihood!r}")
-    return jnp.sum(pairs["w"] * term)
+        return _log_gamma_ratio(terms, jnp.exp(out["log_r"]), jnp) + terms["const"]
+    if likelihood in ("poisson", "zip"):
+        return jnp.asarray(terms["const"])
+    raise ValueError(f"unknown likelihood {likelihood!r}")
 
 
 def sparsity_penalty(W):
@@ -421,7 +482,7 @@ def loss_fn(params, state, batch, mask, key, train: bool, hyper, *, config: Zipo
 
     ``batch`` holds ``cols``/``vals`` (padded sparse rows), ``cov`` and ``log_lib``;
     ``mask`` ``[batch]`` weights the cells (0 for padding); ``hyper`` holds the penalty
-    weights (:func:`penalties`) and ``counts``, the :func:`count_pairs` of the data set the
+    weights (:func:`penalties`) and ``counts``, the :func:`count_terms` of the data set the
     batch is drawn from. Returns ``(loss, (new_state, metrics))``; in training the new state
     is the exponential moving average of batch-norm moments.
 
@@ -622,8 +683,8 @@ def fit(
         state,
         train_data,
         val_data,
-        hyper=to_dev({**weights, "counts": count_pairs(arrays, train_idx)}),
-        val_hyper=to_dev({**weights, "counts": count_pairs(arrays, val_idx)}) if n_val else None,
+        hyper=to_dev({**weights, "counts": count_terms(arrays, train_idx)}),
+        val_hyper=to_dev({**weights, "counts": count_terms(arrays, val_idx)}) if n_val else None,
         rng_key=k_train,
         batch_size=batch_size,
         max_epochs=max_epochs,
@@ -736,18 +797,14 @@ def cell_outputs(out, x, mask, *, config: ZipoConfig):
 
 def mean_loglik(ll_dense, arrays: Mapping[str, np.ndarray], idx, log_r, likelihood: str) -> float:
     """Mean log-likelihood per cell (summed over genes) of the cells ``idx``: the mean of
-    their ``ll_dense`` (from :func:`cell_outputs`) plus their count part, evaluated on the
-    host in float64 over their distinct ``(gene, count)`` pairs (:func:`count_pairs`)."""
-    from scipy.special import betaln, gammaln
-
-    pairs = count_pairs(arrays, idx, dtype=np.float64)
-    k = pairs["k"]
+    their ``ll_dense`` (from :func:`cell_outputs`) plus their count part
+    (:func:`count_terms`), evaluated on the host in float64."""
+    terms = count_terms(arrays, idx, dtype=np.float64)
     if likelihood in ("nb", "zinb"):
-        r = np.exp(np.asarray(log_r, np.float64))[pairs["g"]]
-        term = -np.log(k) - betaln(r, k)
+        r = np.exp(np.asarray(log_r, np.float64))
+        count = float(_log_gamma_ratio(terms, r, np)) + terms["const"]
     elif likelihood in ("poisson", "zip"):
-        term = -gammaln(k + 1.0)
+        count = float(terms["const"])
     else:
         raise ValueError(f"unknown likelihood {likelihood!r}")
-    count = float(np.sum(pairs["w"] * term))
     return float(np.mean(np.asarray(ll_dense, np.float64)[idx])) + count
