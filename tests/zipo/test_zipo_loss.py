@@ -303,8 +303,18 @@ def test_library_in_use(likelihood, library):
         atol=1e-5,
     )
     total = x.sum(1)
-    if library == "predicted":
-        np.testing.assert_array_equal(np.asarray(out["log_l"]), np.asarray(out["log_library"]))
+    _, stats = zipo.apply(params, state, xd, batch["cov"], batch["log_lib"], config=cfg, train=True)
+    moved = not np.allclose(np.asarray(stats["lib_0"]["mean"]), np.asarray(state["lib_0"]["mean"]))
+    assert moved == (library == "predicted")  # an unused head keeps its statistics
+    if library == "predicted":  # the library head, by hand (evaluation-mode batch-norm)
+        h = np.asarray(out["latent"], np.float64)
+        for i in range(len(cfg.library_dims)):
+            p, s = params[f"lib_{i}"], state[f"lib_{i}"]
+            h = expit(h @ np.asarray(p["W"]) + np.asarray(p["b"]))
+            h = (h - np.asarray(s["mean"])) / np.sqrt(np.asarray(s["var"]) + zipo.BN_EPS)
+            h = h * np.asarray(p["gamma"]) + np.asarray(p["beta"])
+        head = h @ np.asarray(params["lib_out"]["W"]) + np.asarray(params["lib_out"]["b"])
+        np.testing.assert_allclose(log_l, head[:, 0], rtol=1e-5, atol=1e-5)
         return
     rate = np.exp(np.asarray(out["log_rate"], np.float64))
     keep = expit(-np.asarray(out["gate_logits"], np.float64)) if cfg.zero_inflated else 1.0

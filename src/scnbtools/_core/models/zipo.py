@@ -246,9 +246,9 @@ def apply(params, state, x, covariates, log_library_obs, *, config: ZipoConfig, 
 
     Returns
     -------
-    ``(out, batch_stats)``: ``out`` has ``latent`` ``[b, n_latent]``, ``log_library``
-    ``[b]`` (the library head's prediction), ``log_l`` ``[b]`` (the library in use, see
-    ``ZipoConfig.library``), ``log_mu`` ``[b, g]`` (log fractions), ``log_rate``
+    ``(out, batch_stats)``: ``out`` has ``latent`` ``[b, n_latent]``, ``log_l`` ``[b]``
+    (the library in use, see ``ZipoConfig.library``; the library head runs only for
+    ``"predicted"``), ``log_mu`` ``[b, g]`` (log fractions), ``log_rate``
     ``[b, g]`` (``log l + log mu`` with the library in use), ``gate_logits`` ``[b, g]``
     (zero-inflated likelihoods only) and ``log_r`` ``[g]`` (NB likelihoods only).
     """
@@ -268,23 +268,28 @@ def apply(params, state, x, covariates, log_library_obs, *, config: ZipoConfig, 
             extra = term if extra is None else extra + term
     z, stats["latent"] = _block_apply(h, lat, state["latent"], train, extra)
     v = jnp.concatenate([z, covariates], axis=1) if c.n_covariates else z
-    g = v
-    for i in range(len(c.library_dims)):
-        name = f"lib_{i}"
-        g, stats[name] = _block_apply(g, params[name], state[name], train)
-    log_library = (g @ params["lib_out"]["W"] + params["lib_out"]["b"])[:, 0]
     log_mu = jax.nn.log_softmax(v @ params["dec"]["W"] + params["dec"]["b"], axis=-1)
     gate_logits = v @ params["zi"]["W"] + params["zi"]["b"] if c.zero_inflated else None
     if c.library == "predicted":
-        log_l = log_library
-    elif c.library == "observed":
-        log_l = log_library_obs
-    else:  # "matched": the expected total count of the cell equals its observed total
-        kept = log_mu if gate_logits is None else log_mu + jax.nn.log_sigmoid(-gate_logits)
-        log_l = log_library_obs - jax.scipy.special.logsumexp(kept, axis=1)
+        g = v
+        for i in range(len(c.library_dims)):
+            name = f"lib_{i}"
+            g, stats[name] = _block_apply(g, params[name], state[name], train)
+        log_l = (g @ params["lib_out"]["W"] + params["lib_out"]["b"])[:, 0]
+    else:
+        # the library head is not used (its weights get no gradient): not computed, and
+        # its batch-norm statistics stay as they are
+        stats.update({f"lib_{i}": state[f"lib_{i}"] for i in range(len(c.library_dims))})
+        if c.library == "observed":
+            log_l = log_library_obs
+        else:  # "matched": the expected total count of the cell equals its observed total
+            # log(1 - pi) = log sigmoid(gate) - gate: the same log-sigmoid as the loss's
+            kept = log_mu
+            if gate_logits is not None:
+                kept = log_mu + (jax.nn.log_sigmoid(gate_logits) - gate_logits)
+            log_l = log_library_obs - jax.scipy.special.logsumexp(kept, axis=1)
     out = {
         "latent": z,
-        "log_library": log_library,
         "log_l": log_l,
         "log_mu": log_mu,
         "log_rate": log_l[:, None] + log_mu,
