@@ -114,6 +114,11 @@ def _unravel_fn(spec: tuple):
     return unravel
 
 
+def _ravel_traced(tree, dtype) -> jax.Array:
+    """The leaves of ``tree`` as one vector in ``_spec`` order, inside a jitted function."""
+    return jnp.concatenate([jnp.ravel(a).astype(dtype) for a in jax.tree_util.tree_leaves(tree)])
+
+
 def _ravel_host(params) -> np.ndarray:
     """The parameters as one host vector, in ``_spec`` order (``ravel_pytree``'s layout)."""
     leaves = [np.ravel(np.asarray(a)) for a in jax.tree_util.tree_leaves(params)]
@@ -173,11 +178,15 @@ def make_epoch(loss_fn: Callable, n_train: int, batch_size: int, spec: tuple):
             p, s, o = carry
             idx, k = xs
 
-            def objective(pp):
-                return loss_fn(unravel(pp), s, take(data, idx), ones, k, True, hyper)
+            def objective(tree):
+                return loss_fn(tree, s, take(data, idx), ones, k, True, hyper)
 
-            (loss, (s_new, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(p)
-            updates, o_new = opt.update(grads, o, p)
+            # gradients per leaf, then one concatenation (differentiating through the
+            # slices of ``unravel`` would pad every leaf's gradient to the full length)
+            (loss, (s_new, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(
+                unravel(p)
+            )
+            updates, o_new = opt.update(_ravel_traced(grads, p.dtype), o, p)
             return (optax.apply_updates(p, updates), s_new, o_new), (loss, metrics)
 
         (params, state, opt_state), (losses, metrics) = jax.lax.scan(
