@@ -137,6 +137,10 @@ def test_explicit_zeros_and_unsorted_indices(raw_counts):
 
     want = _summary(CountData(x))
     _assert_same(want, _summary(CountData(weird)), "csr with stored zeros")
+    ordered = weird.copy()
+    ordered.sort_indices()  # sorted, zeros still stored
+    assert ordered.has_sorted_indices and np.any(ordered.data == 0)
+    _assert_same(want, _summary(CountData(ordered)), "sorted csr with stored zeros")
     _assert_same(want, _summary(CountData(weird.tocsc())), "csc with stored zeros")
     for a, b in zip(before, (weird.data, weird.indices, weird.indptr), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -383,6 +383,22 @@ class CountData:
 
     def padded_rows(self) -> PaddedRows:
         """Cells as padded sparse rows, for streaming cell minibatches on device."""
+        X = self._X
+        if (
+            sp.issparse(X)
+            and X.format == "csr"
+            and X.has_sorted_indices
+            and not np.any(X.data == 0)
+        ):
+            # CSR order is row-major order of the padded layout: one boolean-mask write
+            nnz_row = np.diff(X.indptr)
+            width = max(int(nnz_row.max(initial=0)), 1)
+            filled = np.arange(width)[None, :] < nnz_row[:, None]
+            out_c = np.full((self.n_cells, width), self.n_genes, dtype=np.int32)
+            out_v = np.zeros((self.n_cells, width), dtype=np.float32)
+            out_c[filled] = X.indices
+            out_v[filled] = X.data
+            return PaddedRows(cols=out_c, vals=out_v, n_genes=self.n_genes)
         rows_l, cols_l, vals_l = [], [], []
         for r, c, v in self._triplets():
             rows_l.append(r)
