@@ -83,7 +83,7 @@ LIKELIHOODS: dict[str, tuple[bool, bool]] = {
     "nb": (False, True),
 }
 
-#: :func:`count_pairs` and :func:`count_terms` pad their arrays to a multiple of this
+#: :func:`count_pairs` and :func:`count_terms` pad their arrays to a multiple of this (at least)
 COUNT_BUCKET = 4096
 _PAIR_BINCOUNT_MAX = 1 << 24
 
@@ -427,9 +427,12 @@ def count_terms(
 
 
 def _bucket(g: np.ndarray, **arrays: np.ndarray) -> dict:
-    """``g`` (int32) and ``arrays`` padded with zeros to a multiple of ``COUNT_BUCKET``
-    (``k`` with ones, a count that is valid in every formula)."""
-    size = max(-(-g.size // COUNT_BUCKET), 1) * COUNT_BUCKET
+    """``g`` (int32) and ``arrays`` padded with zeros (``k`` with ones, a count that is valid
+    in every formula) to a multiple of ``COUNT_BUCKET``, or above ``4 * COUNT_BUCKET`` of an
+    eighth of the next power of two: few distinct sizes (so fits of similar data reuse their
+    compiled code) for at most a quarter of padding."""
+    step = max(COUNT_BUCKET, 1 << max(int(g.size).bit_length() - 3, 0))
+    size = max(-(-g.size // step), 1) * step
     pad = size - g.size
     out = {"g": np.pad(g, (0, pad)).astype(np.int32)}
     for name, a in arrays.items():
@@ -495,9 +498,10 @@ def loss_fn(params, state, batch, mask, key, train: bool, hyper, *, config: Zipo
     :func:`count_loglik`. The count part depends on the parameters only through the
     per-gene ``r``, so this is the batch's NLL with its count part replaced by that part's
     expectation over batches: the expected loss and gradient of a random batch are
-    unchanged (with less variance), and a step costs one term per distinct
-    ``(gene, count)`` pair instead of one special function per non-zero entry. Averaged
-    over every batch of the data set (as the validation loss is) it is the exact NLL.
+    unchanged (with less variance), and a step costs one term per entry of the summary
+    (a logarithm per gene and count level) instead of special functions per non-zero
+    entry of the batch. Averaged over every batch of the data set (as the validation loss
+    is) it is the exact NLL.
     """
     del key  # deterministic network
     c = config
