@@ -324,3 +324,13 @@ def test_library_in_use(likelihood, library):
     np.testing.assert_allclose((keep * rate).sum(1), total, rtol=1e-5)
     if cfg.zero_inflated:  # the dropout the model expects lifts the library above the total
         assert np.all(np.exp(log_l) > total)
+
+
+def test_softplus_and_its_derivative():
+    """The loss's softplus equals log(1 + e^x) and its derivative the logistic function,
+    also at 0 (the tie of its max) and far out in both tails."""
+    x = np.array([-1e4, -80.0, -20.0, -1.0, 0.0, 1e-6, 1.0, 20.0, 80.0, 1e4], np.float32)
+    value = np.asarray(zipo._softplus(jnp.asarray(x)))
+    np.testing.assert_allclose(value, np.logaddexp(x.astype(np.float64), 0.0), rtol=1e-6)
+    grad = np.asarray(jax.vmap(jax.grad(zipo._softplus))(jnp.asarray(x)))
+    np.testing.assert_allclose(grad, expit(x.astype(np.float64)), rtol=1e-6, atol=1e-30)

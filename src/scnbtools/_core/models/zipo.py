@@ -286,7 +286,7 @@ def apply(params, state, x, covariates, log_library_obs, *, config: ZipoConfig, 
             # log(1 - pi) = log sigmoid(gate) - gate: the same log-sigmoid as the loss's
             kept = log_mu
             if gate_logits is not None:
-                kept = log_mu + (jax.nn.log_sigmoid(gate_logits) - gate_logits)
+                kept = log_mu + (-_softplus(-gate_logits) - gate_logits)
             log_l = log_library_obs - jax.scipy.special.logsumexp(kept, axis=1)
     out = {
         "latent": z,
@@ -318,6 +318,14 @@ def entry_loglik(x, out, likelihood: str):
     raise ValueError(f"unknown likelihood {likelihood!r}")
 
 
+def _softplus(x):
+    """``log(1 + e^x)`` as ``m + log1p(e^(x - 2m))``, ``m = max(x, 0)``: one ``exp`` that its
+    derivative reuses (``jax.nn.softplus``'s derivative evaluates a second one), exact 1/2
+    at 0 (``maximum`` splits the tie)."""
+    m = jnp.maximum(x, 0.0)
+    return m + jnp.log1p(jnp.exp(x - 2.0 * m))
+
+
 def dense_loglik(x, out, likelihood: str):
     """Per-cell log-likelihood summed over genes ``[batch]``, *without* the count part.
 
@@ -337,7 +345,7 @@ def dense_loglik(x, out, likelihood: str):
         log_r = out["log_r"]
         logits = log_rate - log_r
         # log sigmoid(logits) = log sigmoid(-logits) + logits: one softplus per entry
-        log_q = jax.nn.log_sigmoid(-logits)
+        log_q = -_softplus(logits)
         base = jnp.where(x > 0, x * (log_q + logits), 0.0) + jnp.exp(log_r) * log_q
     elif likelihood in ("poisson", "zip"):
         base = jnp.where(x > 0, x * log_rate, 0.0) - jnp.exp(log_rate)
@@ -347,8 +355,8 @@ def dense_loglik(x, out, likelihood: str):
         # log(pi + (1 - pi) p0) = log pi + softplus(log p0 - gate) and log(1 - pi) =
         # log pi - gate: two softplus per entry (a logaddexp of two log-sigmoids takes three)
         g = out["gate_logits"]
-        log_gate = jax.nn.log_sigmoid(g)
-        base = log_gate + jnp.where(x == 0, jax.nn.softplus(base - g), base - g)
+        log_gate = -_softplus(-g)
+        base = log_gate + jnp.where(x == 0, _softplus(base - g), base - g)
     return base.sum(axis=1)
 
 
