@@ -85,7 +85,7 @@ LIKELIHOODS: dict[str, tuple[bool, bool]] = {
 
 #: :func:`count_pairs` and :func:`count_terms` pad their arrays to a multiple of this (at least)
 COUNT_BUCKET = 4096
-_PAIR_BINCOUNT_MAX = 1 << 24
+_PAIR_BINCOUNT_MAX = 1 << 22  # bins of the bincount path (int64: 32 MiB); above, a sort
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.1
