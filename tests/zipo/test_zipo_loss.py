@@ -135,18 +135,21 @@ def test_count_terms_survival_bins_match_a_brute_force_count():
     assert "k" in p and "j" not in p and float(p["const"]) == float(t["const"])
 
 
-@pytest.mark.parametrize("path", ["bincount", "unique"])
-def test_count_pairs_match_a_brute_force_count(path, monkeypatch):
-    """Distinct non-zero (gene, count) pairs of the chosen cells with their multiplicity per
-    cell, sorted by gene then count, padded with weight 0 to a multiple of the bucket."""
-    if path == "unique":
-        monkeypatch.setattr(zipo, "_PAIR_BINCOUNT_MAX", 0)
+@pytest.mark.parametrize("path", ["bincount", "sort"])
+def test_count_terms_pairs_match_a_brute_force_count(path, monkeypatch):
+    """Pairs form: distinct non-zero (gene, count) pairs of the chosen cells with their
+    multiplicity per cell, sorted by gene then count, padded with weight 0 to a multiple of
+    the bucket; by both histogram paths of ``CountData``."""
+    from scipy.special import gammaln
+
+    if path == "sort":
+        monkeypatch.setattr(CountData, "count_histograms", lambda self, max_bins=0: None)
     rs = np.random.default_rng(5)
     x = rs.poisson(rs.gamma(0.5, 4.0, (40, 30))).astype(np.float32)
     x[3, 7] = 10_000.0
     arrays = zipo.cell_arrays(CountData(x))
     idx = np.array([0, 3, 3, 9, 17, 39])  # a repeated cell counts twice
-    pairs = zipo.count_pairs(arrays, idx)
+    pairs = zipo.count_terms(arrays, idx, max_bins=0)
     size = pairs["g"].size
     assert size % zipo.COUNT_BUCKET == 0 and size > 0
     sub = x[idx]
@@ -158,8 +161,9 @@ def test_count_pairs_match_a_brute_force_count(path, monkeypatch):
     np.testing.assert_allclose(pairs["w"][:n], cnt / idx.size, rtol=1e-7)
     assert np.all(pairs["w"][n:] == 0) and np.all(pairs["k"][n:] == 1)
     assert pairs["g"].dtype == np.int32 and pairs["w"].dtype == np.float32
+    assert float(pairs["const"]) == pytest.approx(-gammaln(sub + 1.0).sum(1).mean(), rel=1e-6)
     # cells without counts give padding only
-    zero = zipo.count_pairs(zipo.cell_arrays(CountData(np.zeros((3, 4), np.float32))))
+    zero = zipo.count_terms(zipo.cell_arrays(CountData(np.zeros((3, 4), np.float32))))
     assert zero["w"].size == zipo.COUNT_BUCKET and not zero["w"].any()
 
 

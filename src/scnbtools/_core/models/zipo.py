@@ -46,8 +46,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.special import gammaln
+import scipy.sparse as sp
 
+from ..data import CountData, GeneHistograms, _lgamma1p
 from ..likelihoods import (
     log_rising_factorial_ratio,
     nb_logpmf,
@@ -61,11 +62,11 @@ __all__ = [
     "ZipoConfig",
     "apply",
     "count_loglik",
-    "count_pairs",
     "count_terms",
     "dense_loglik",
     "densify",
     "entry_loglik",
+    "gene_histograms",
     "init",
     "loss_fn",
     "mean_loglik",
@@ -83,9 +84,8 @@ LIKELIHOODS: dict[str, tuple[bool, bool]] = {
     "nb": (False, True),
 }
 
-#: :func:`count_pairs` and :func:`count_terms` pad their arrays to a multiple of this (at least)
+#: :func:`count_terms` pads its arrays to a multiple of this (at least)
 COUNT_BUCKET = 4096
-_PAIR_BINCOUNT_MAX = 1 << 22  # bins of the bincount path (int64: 32 MiB); above, a sort
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.1
@@ -360,34 +360,19 @@ def dense_loglik(x, out, likelihood: str):
     return base.sum(axis=1)
 
 
-def count_pairs(arrays: Mapping[str, np.ndarray], idx=None, dtype=np.float32) -> dict:
-    """The distinct non-zero ``(gene, count)`` pairs of cells ``idx`` (all by default).
-
-    From the padded sparse rows of :func:`cell_arrays`. Returns ``g`` (int32 gene), ``k``
-    (the count) and ``w`` (how many of the cells have that count of that gene, divided by
-    the number of cells), both of ``dtype``, padded with ``w = 0`` to a multiple of
-    ``COUNT_BUCKET`` pairs so that data sets of similar size share compiled code. There
-    are at most as many pairs as non-zero entries, and usually far fewer (a gene's counts
-    repeat across cells): 24,656 pairs for 4.8 million non-zeros of 9,000 cells x 2,000
-    genes.
-    """
+def gene_histograms(arrays: Mapping[str, np.ndarray], idx=None) -> GeneHistograms:
+    """Per-gene count histograms of cells ``idx`` (all by default; a repeated index counts
+    twice) from the padded sparse rows of :func:`cell_arrays`, by
+    :meth:`CountData.gene_histograms <scnbtools._core.data.CountData.gene_histograms>`."""
     cols, vals = arrays["cols"], arrays["vals"]
     if idx is not None:
         cols, vals = cols[idx], vals[idx]
-    n_cells = max(int(cols.shape[0]), 1)
-    nz = vals > 0
-    c = cols[nz].astype(np.int64)
-    v = np.rint(vals[nz]).astype(np.int64)
-    width = int(v.max()) + 1 if v.size else 1
-    key = c * width + v
-    n_genes = int(c.max()) + 1 if c.size else 1
-    if n_genes * width <= _PAIR_BINCOUNT_MAX:
-        cnt = np.bincount(key, minlength=n_genes * width)
-        key = np.flatnonzero(cnt)
-        cnt = cnt[key]
-    else:
-        key, cnt = np.unique(key, return_counts=True)
-    return _bucket(key // width, k=(key % width).astype(dtype), w=(cnt / n_cells).astype(dtype))
+    nz = vals > 0  # drops the padding (value 0, column n_genes)
+    # genes above the last one with counts would add no terms (at least one: CountData)
+    n_genes = max(int(cols[nz].max(initial=-1)) + 1, 1)
+    indptr = np.concatenate([[0], np.cumsum(nz.sum(axis=1))])
+    X = sp.csr_matrix((vals[nz], cols[nz], indptr), shape=(cols.shape[0], n_genes))
+    return CountData(X).gene_histograms()
 
 
 def count_terms(
@@ -399,39 +384,32 @@ def count_terms(
     Per cell, ``sum_g [log Gamma(x + r_g) - log Gamma(r_g) - log Gamma(x + 1)]``, averaged
     over the cells, is ``A(r) + const``: ``const`` (the ``log Gamma(x + 1)`` part, a
     number) and ``A(r) = mean_c sum_g [log Gamma(x + r_g) - log Gamma(r_g)]``, the only part
-    that depends on ``r``. ``A`` is held in one of two forms:
+    that depends on ``r``. ``A`` is held in one of two forms, both from the cells'
+    :func:`gene_histograms`:
 
     * **survival** (``g``, ``j``, ``w``): ``A(r) = sum w log(r_g + j)``, one bin per gene
-      and count level ``j < max_g``, with ``w`` the fraction of cells whose count of gene
-      ``g`` exceeds ``j`` (``log Gamma(x + r) - log Gamma(r) = sum_{j < x} log(r + j)``).
-      No special functions, so it is cheap to run and to compile (its gradient is
-      ``sum w / (r_g + j)``). Used when there are at most ``max_bins`` bins
-      (``sum_g max_g``: 34,044 for 9,000 cells x 2,000 genes);
+      and count level ``j < max_g`` (:meth:`GeneHistograms.survival`), with ``w`` the
+      fraction of cells whose count of gene ``g`` exceeds ``j``. No special functions, so it
+      is cheap to run and to compile (its gradient is ``sum w / (r_g + j)``). Used when
+      there are at most ``max_bins`` bins (``sum_g max_g``: 34,044 for 9,000 cells x 2,000
+      genes, against 4.8 million non-zeros);
     * **pairs** (``g``, ``k``, ``w``): ``A(r) = sum w [log Gamma(k + r_g) - log Gamma(r_g)]``
-      over the distinct ``(gene, count)`` pairs (:func:`count_pairs`), for data with
-      larger counts.
+      over the distinct ``(gene, count)`` pairs, ``w`` their multiplicity per cell, for data
+      with larger counts.
 
-    Arrays are padded with ``w = 0`` to a multiple of ``COUNT_BUCKET``.
+    Arrays are padded with ``w = 0`` (see :func:`_bucket`).
     """
-    pairs = count_pairs(arrays, idx, dtype=np.float64)
-    g, k, w = pairs["g"], pairs["k"], pairs["w"]
-    real = w > 0
-    const = -float(np.sum(w[real] * gammaln(k[real] + 1.0)))
-    g, k, w = g[real].astype(np.int64), k[real].astype(np.int64), w[real]
-    top = np.zeros(int(g.max()) + 1 if g.size else 1, np.int64)
-    np.maximum.at(top, g, k)
-    n_bins = int(top.sum())
-    if n_bins > max_bins:
-        return {**_bucket(g, k=k.astype(dtype), w=w.astype(dtype)), "const": dtype(const)}
-    # w_gj = sum over pairs (g, k) with k > j of w: +w at the gene's first bin, -w past k
-    start = np.concatenate([[0], np.cumsum(top)[:-1]])
-    diff = np.zeros(n_bins + 1)
-    np.add.at(diff, start[g], w)
-    np.add.at(diff, start[g] + k, -w)
-    gene = np.repeat(np.arange(top.size), top)
-    level = np.arange(n_bins) - start[gene]
-    wj = np.maximum(np.cumsum(diff)[:n_bins], 0.0)  # clip round-off below 0
-    return {**_bucket(gene, j=level.astype(dtype), w=wj.astype(dtype)), "const": dtype(const)}
+    h = gene_histograms(arrays, idx)
+    n = max(h.n_cells, 1)
+    # sorted by gene, then value: a gene's largest count is its last entry
+    last = np.r_[h.gene[1:] != h.gene[:-1], True][: h.gene.size]
+    if h.value[last].astype(np.int64).sum() > max_bins:
+        const = -float(np.sum(h.weight * _lgamma1p(h.value))) / n
+        w = (h.weight / n).astype(dtype)
+        return {**_bucket(h.gene, k=h.value.astype(dtype), w=w), "const": dtype(const)}
+    s = h.survival()
+    w = (s.count.astype(np.float64) / n).astype(dtype)
+    return {**_bucket(s.gene, j=s.j.astype(dtype), w=w), "const": dtype(-s.log_factorial_sum / n)}
 
 
 def _bucket(g: np.ndarray, **arrays: np.ndarray) -> dict:
@@ -458,7 +436,7 @@ def _log_gamma_ratio(terms, r, xp):
         from scipy.special import betaln
 
         lrf = -np.log(k) - betaln(rg, k)
-        return np.sum(terms["w"] * (lrf + gammaln(k + 1.0)))
+        return np.sum(terms["w"] * (lrf + _lgamma1p(k)))
     return jnp.sum(terms["w"] * (log_rising_factorial_ratio(k, rg) + jax.lax.lgamma(k + 1.0)))
 
 
