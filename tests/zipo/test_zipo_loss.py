@@ -338,3 +338,62 @@ def test_softplus_and_its_derivative():
     np.testing.assert_allclose(value, np.logaddexp(x.astype(np.float64), 0.0), rtol=1e-6)
     grad = np.asarray(jax.vmap(jax.grad(zipo._softplus))(jnp.asarray(x)))
     np.testing.assert_allclose(grad, expit(x.astype(np.float64)), rtol=1e-6, atol=1e-30)
+
+
+@pytest.mark.parametrize("likelihood", ["zinb", "poisson"])
+def test_validation_loss_is_the_loss_on_the_host(likelihood):
+    """``validation_loss`` (the per-epoch validation: the inference program's outputs, with
+    the count part and the penalties added on the host in float64) equals ``loss_fn`` in
+    evaluation mode over the same cells, metrics included."""
+    cfg, params, state, x, batch = _network(likelihood)
+    arrays = zipo.cell_arrays(CountData(x))
+    weights = zipo.penalties(alpha_z=0.3, alpha_w=0.2, alpha_theta=0.05)
+    hyper = {**weights, "counts": zipo.count_terms(arrays)}
+    loss_fn = jax.jit(zipo.bound_loss(cfg), static_argnums=5)
+    ref, (_, ref_metrics) = loss_fn(params, state, batch, jnp.ones(B), None, False, hyper)
+    host = jax.tree_util.tree_map(np.asarray, params)
+    terms = zipo.count_terms(arrays, dtype=np.float64)
+    loss, metrics = zipo.validation_loss(host, state, arrays, terms, weights, config=cfg)
+    np.testing.assert_allclose(loss, float(ref), rtol=2e-5)
+    assert set(metrics) == set(ref_metrics)
+    for name, value in metrics.items():
+        np.testing.assert_allclose(value, float(ref_metrics[name]), rtol=2e-5)
+
+
+@pytest.mark.parametrize("library", ["matched", "predicted"])
+def test_population_stats_average_the_batch_moments(library):
+    """The stored batch-norm statistics are, per layer that runs, the mean of the batches'
+    means and of their unbiased variances, each batch in training mode; a layer that does
+    not run (the library head unless ``predicted``) keeps its statistics."""
+    import dataclasses
+
+    cfg, params, state, _, _ = _network("zinb")
+    cfg = dataclasses.replace(cfg, library=library)
+    rs = np.random.default_rng(3)
+    x = rs.poisson(rs.gamma(1.0, 8.0, (12, G))).astype(np.float32)
+    arrays = zipo.cell_arrays(CountData(x))
+    batches = rs.permutation(12)[:8].reshape(2, 4)
+    got = zipo.population_stats(params, state, arrays, batches, config=cfg)
+    apply = jax.jit(zipo.apply, static_argnames=("config", "train"))
+    moments = []
+    for idx in batches:
+        _, st = apply(
+            params,
+            state,
+            jnp.asarray(x[idx]),
+            arrays["cov"][idx],
+            arrays["log_lib"][idx],
+            config=cfg,
+            train=True,
+        )
+        moments.append(st)
+    runs = ["enc_0", "enc_1", "latent"] + (["lib_0", "lib_1"] if library == "predicted" else [])
+    assert set(got) == set(state)
+    for name in state:
+        for stat in ("mean", "var"):
+            if name in runs:
+                expected = np.mean([np.asarray(m[name][stat], np.float64) for m in moments], 0)
+                expected = expected * (4 / 3 if stat == "var" else 1.0)
+            else:
+                expected = np.asarray(state[name][stat])
+            np.testing.assert_allclose(np.asarray(got[name][stat]), expected, rtol=1e-5)

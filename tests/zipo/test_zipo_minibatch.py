@@ -163,3 +163,46 @@ def test_host_ravel_and_unravel_match_ravel_pytree():
             assert np.shape(g) == np.shape(w)
             np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
     assert isinstance(unravel(flat)["a"], np.ndarray)  # host in, host out
+
+
+def test_initial_optimizer_state_built_on_the_host_equals_optax_init():
+    from scnbtools._core.infer import minibatch
+
+    flat = jnp.arange(5.0)
+    host = minibatch._initial_opt_state(flat, 0.03)
+    ref = minibatch._optimizer(0.03).init(flat)
+    assert jax.tree_util.tree_structure(host) == jax.tree_util.tree_structure(ref)
+    for a, b in zip(jax.tree_util.tree_leaves(host), jax.tree_util.tree_leaves(ref), strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_host_validate_replaces_the_evaluator():
+    """``validate(params, state)`` is called after every epoch with host parameters and its
+    loss is monitored; passing it together with ``val_data`` is an error."""
+    calls = []
+
+    def validate(params, state):
+        assert isinstance(params["w"], np.ndarray)
+        calls.append(float(state["steps"]))
+        return float(np.sum((params["w"] - np.array([1.0, -2.0, 0.5])) ** 2)), {"dist": 1.0}
+
+    args = {
+        "rng_key": jax.random.PRNGKey(0),
+        "batch_size": 16,
+        "max_epochs": 5,
+        "hyper": {"l2": jnp.asarray(0.0)},
+    }
+    res = run_minibatch(_toy_loss, P0, S0, _data(200), None, validate=validate, **args)
+    assert calls == [12.0 * (e + 1) for e in range(5)]  # state after each epoch's 12 steps
+    assert np.all(np.diff(res.history["val_loss"]) < 0)  # the fit approaches the truth
+    np.testing.assert_array_equal(res.history["val_dist"], 1.0)
+    with pytest.raises(ValueError, match="either `val_data` or `validate`"):
+        run_minibatch(_toy_loss, P0, S0, _data(200), _data(37, 1), validate=validate, **args)
+
+
+def test_same_key_same_fit_other_key_other_shuffle():
+    a, b = _run(max_epochs=3), _run(max_epochs=3)
+    np.testing.assert_array_equal(a.history["loss"], b.history["loss"])
+    c = _run(max_epochs=3, rng_key=jax.random.PRNGKey(1))
+    assert not np.array_equal(a.history["loss"], c.history["loss"])

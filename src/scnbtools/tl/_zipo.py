@@ -313,12 +313,13 @@ def _heldout_cells(adata: AnnData, key: str, cells) -> np.ndarray:
     return a % n
 
 
-def _mean_nll(res: dict, ll_dense: np.ndarray, arrays, idx=None) -> float:
-    """Held-out NLL per entry of the cells ``idx`` (all) from their dense log-likelihood."""
+def _mean_nll(res: dict, ll_dense: np.ndarray, arrays, idx=None, terms=None) -> float:
+    """Held-out NLL per entry of the cells ``idx`` (all) from their dense log-likelihood
+    (``terms``: their count summary, if already at hand)."""
     idx = np.arange(ll_dense.shape[0]) if idx is None else idx
     log_r = res["weights"]["disp"]["log_r"] if "disp" in res["weights"] else None
     lik = res["params"]["likelihood"]
-    ll = _zipo.mean_loglik(ll_dense, arrays, idx, log_r, lik)
+    ll = _zipo.mean_loglik(ll_dense, arrays, idx, log_r, lik, terms)
     return float(-ll / len(res["var_names"]))
 
 
@@ -581,7 +582,7 @@ def fit_zipo(
     is_val[fit.val_idx] = True
     target.obs[_keys.cell_key(key, "validation")] = is_val
     if fit.val_idx.size:
-        res["heldout_nll"] = _mean_nll(res, ll_dense, fit.arrays, fit.val_idx)
+        res["heldout_nll"] = _mean_nll(res, ll_dense, fit.arrays, fit.val_idx, fit.val_terms)
     target.uns[_keys.uns_key(key)] = res
     return target if copy else None
 

@@ -9,7 +9,8 @@
   get their own, ``val_hyper``) and ``metrics`` a dict of mask-weighted scalar means.
 * One epoch — shuffle, then every full batch of the training cells (the last partial batch
   is dropped) — is one jitted ``lax.scan``; validation is another jitted scan over padded
-  batches in evaluation mode. The host sees only per-epoch numbers, so the progress bar
+  batches in evaluation mode (or a model's own host-side ``validate`` callable, e.g. one that
+  reuses a program the model compiles anyway). The host sees only per-epoch numbers, so the progress bar
   (updated between epochs) costs nothing, and nothing recompiles after the first epoch
   (``n_compilations`` counts traces). The compiled epoch and evaluator are cached per
   ``(loss_fn, n_cells, batch_size)``, so a second fit of the same shapes compiles nothing.
@@ -150,14 +151,31 @@ def make_evaluator(loss_fn: Callable, n_cells: int, batch_size: int, spec: tuple
     return jax.jit(_eval)
 
 
+#: Adam's hyperparameters besides the learning rate (optax's defaults, spelled out so that
+#: :func:`_initial_opt_state` knows every value of the state)
+_ADAM = {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "eps_root": 0.0}
+
+
 def _optimizer(learning_rate: float):
-    return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
+    return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate, **_ADAM)
+
+
+def _initial_opt_state(params, learning_rate: float):
+    """``_optimizer(learning_rate).init(params)``, built on the host: zero moments and
+    counts and the hyperparameters (eager ``init`` compiles a small kernel per operation)."""
+    shapes = jax.eval_shape(_optimizer(learning_rate).init, params)
+    hyper = {"learning_rate": learning_rate, **_ADAM}
+    state = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), shapes)
+    hp = {k: np.asarray(hyper[k], v.dtype) for k, v in state.hyperparams.items()}
+    return jax.device_put(state._replace(hyperparams=hp))
 
 
 @functools.lru_cache(maxsize=32)
 def make_epoch(loss_fn: Callable, n_train: int, batch_size: int, spec: tuple):
-    """Jitted ``epoch(flat_params, state, opt_state, key, data, hyper)``: one shuffled pass
-    over the full batches of ``n_train`` cells, Adam steps in a ``lax.scan``.
+    """Jitted ``epoch(flat_params, state, opt_state, batches, key, epoch, data, hyper)``: one
+    pass over ``batches`` (``[n_steps, batch_size]`` cell indices, shuffled on the host),
+    Adam steps in a ``lax.scan``; step ``i`` gets the key ``fold_in(fold_in(key, epoch), i)``
+    (nothing of it is compiled for a loss that ignores its key).
 
     Adam works on the parameters raveled into one vector: the same updates as per leaf, but
     one fused update instead of one per leaf, which roughly halves the compile time of a
@@ -166,17 +184,14 @@ def make_epoch(loss_fn: Callable, n_train: int, batch_size: int, spec: tuple):
     opt = _optimizer(0.0)  # the learning rate is read from ``opt_state``
     unravel = _unravel_fn(spec)
 
-    def _epoch(params, state, opt_state, key, data, hyper):
+    def _epoch(params, state, opt_state, batches, key, epoch, data, hyper):
         _TRACES[0] += 1
-        k_perm, k_steps = jax.random.split(key)
-        perm = jax.random.permutation(k_perm, n_train)[: n_steps * batch_size]
-        perm = perm.reshape(n_steps, batch_size)
-        step_keys = jax.random.split(k_steps, n_steps)
         ones = jnp.ones((batch_size,), jnp.float32)
 
         def body(carry, xs):
             p, s, o = carry
-            idx, k = xs
+            idx, i = xs
+            k = jax.random.fold_in(jax.random.fold_in(key, epoch), i)
 
             def objective(tree):
                 return loss_fn(tree, s, take(data, idx), ones, k, True, hyper)
@@ -190,7 +205,7 @@ def make_epoch(loss_fn: Callable, n_train: int, batch_size: int, spec: tuple):
             return (optax.apply_updates(p, updates), s_new, o_new), (loss, metrics)
 
         (params, state, opt_state), (losses, metrics) = jax.lax.scan(
-            body, (params, state, opt_state), (perm, step_keys)
+            body, (params, state, opt_state), (batches, jnp.arange(n_steps))
         )
         return params, state, opt_state, losses.mean(), jax.tree_util.tree_map(jnp.mean, metrics)
 
@@ -206,6 +221,7 @@ def run_minibatch(
     *,
     hyper: Any = None,
     val_hyper: Any = None,
+    validate: Callable[[Any, Any], tuple[float, dict]] | None = None,
     rng_key,
     batch_size: int,
     max_epochs: int,
@@ -230,6 +246,12 @@ def run_minibatch(
         also hold constants of the training cells as a whole (e.g. summaries of their data).
     val_hyper
         The same for the validation batches (default: ``hyper``).
+    validate
+        Instead of ``val_data``: ``validate(params, state) -> (loss, metrics)`` called after
+        every epoch with the parameters as a pytree of host arrays and the current state;
+        its ``loss`` is monitored as the validation loss and ``metrics`` (a dict of numbers)
+        recorded as ``val_*``. For a model that evaluates cells with a program it compiles
+        anyway, so that no evaluator is compiled.
     batch_size
         Cells per step; must not exceed the number of training cells.
     max_epochs
@@ -245,34 +267,52 @@ def run_minibatch(
     spec = _spec(params)
     unravel = _unravel_fn(spec)
     params = jax.device_put(_ravel_host(params))  # one transfer, no eager kernels
-    opt_state = _optimizer(sched.learning_rate).init(params)
+    opt_state = _initial_opt_state(params, sched.learning_rate)
     traces0 = _TRACES[0]
     run_epoch = make_epoch(loss_fn, n_train, batch_size, spec)
     evaluate = None
+    if validate is not None and val_data is not None:
+        raise ValueError("pass either `val_data` or `validate`, not both.")
     if val_data is not None:
         n_val = int(jax.tree_util.tree_leaves(val_data)[0].shape[0])
         evaluate = make_evaluator(loss_fn, n_val, min(batch_size, n_val), spec)
 
     v_hyper = hyper if val_hyper is None else val_hyper
+    # shuffles on the host (a permutation in the compiled epoch costs a sort and ~0.5 s of
+    # compilation), seeded by the key; step keys are folded in on the device
+    raw = rng_key
+    if jnp.issubdtype(raw.dtype, jax.dtypes.prng_key):
+        raw = jax.random.key_data(raw)
+    shuffle = np.random.default_rng(np.asarray(raw, dtype=np.uint32).ravel())
+    n_steps = n_train // batch_size
     hist: dict[str, list[float]] = {"loss": [], "learning_rate": []}
     best, ref, best_epoch, since_best, since_plateau, factor = np.inf, np.inf, -1, 0, 0, 1.0
     best_params, best_state = params, state
     diverged = stopped = False
-    key = rng_key
     with progress(total=max_epochs, enabled=progress_bar, desc=desc) as bar:
         for epoch in range(max_epochs):
             lr = sched.base_lr(epoch) * factor
-            opt_state.hyperparams["learning_rate"] = jnp.asarray(
-                lr, dtype=jnp.asarray(opt_state.hyperparams["learning_rate"]).dtype
+            opt_state.hyperparams["learning_rate"] = np.asarray(
+                lr, dtype=opt_state.hyperparams["learning_rate"].dtype
             )
-            key, k = jax.random.split(key)
+            order = shuffle.permutation(n_train)[: n_steps * batch_size].astype(np.int32)
             params, state, opt_state, loss, metrics = run_epoch(
-                params, state, opt_state, k, train_data, hyper
+                params,
+                state,
+                opt_state,
+                order.reshape(n_steps, batch_size),
+                rng_key,
+                np.uint32(epoch),
+                train_data,
+                hyper,
             )
             rec = {"loss": float(loss), "learning_rate": lr}
             rec.update({f"train_{m}": float(v) for m, v in metrics.items()})
-            if evaluate is not None:
-                vloss, vmetrics = evaluate(params, state, val_data, v_hyper)
+            if evaluate is not None or validate is not None:
+                if validate is not None:
+                    vloss, vmetrics = validate(unravel(np.asarray(params)), state)
+                else:
+                    vloss, vmetrics = evaluate(params, state, val_data, v_hyper)
                 rec["val_loss"] = float(vloss)
                 rec.update({f"val_{m}": float(v) for m, v in vmetrics.items()})
             for name, value in rec.items():

@@ -67,6 +67,7 @@ __all__ = [
     "densify",
     "entry_loglik",
     "gene_histograms",
+    "host_count_loglik",
     "init",
     "loss_fn",
     "mean_loglik",
@@ -74,6 +75,7 @@ __all__ = [
     "population_stats",
     "prune_first_layer",
     "sparsity_penalty",
+    "validation_loss",
 ]
 
 #: likelihood name -> (zero-inflated?, negative binomial?)
@@ -203,18 +205,21 @@ def init(
 
 
 # ----------------------------------------------------------------------------- forward
-def _batch_norm(h, p, s, train: bool):
-    """Batch norm; in training uses (and returns) the batch moments, else the stored ones."""
-    if train:
-        mean = h.mean(axis=0)
-        var = h.var(axis=0)
+def _batch_norm(h, p, s, train):
+    """Batch norm; in training uses (and returns) the batch moments, else the stored ones.
+
+    ``train`` is a Python bool, or a traced boolean scalar that picks either at run time
+    (one compiled program for both, see :func:`_runner`)."""
+    if isinstance(train, bool):
+        mean, var = (h.mean(axis=0), h.var(axis=0)) if train else (s["mean"], s["var"])
     else:
-        mean, var = s["mean"], s["var"]
+        mean = jnp.where(train, h.mean(axis=0), s["mean"])
+        var = jnp.where(train, h.var(axis=0), s["var"])
     out = (h - mean) * jax.lax.rsqrt(var + BN_EPS) * p["gamma"] + p["beta"]
     return out, {"mean": mean, "var": var}
 
 
-def _block_apply(h, p, s, train: bool, extra=None):
+def _block_apply(h, p, s, train, extra=None):
     pre = h @ p["W"] + p["b"]
     if extra is not None:
         pre = pre + extra
@@ -229,7 +234,7 @@ def densify(cols, vals, n_genes: int):
     return x[:, :n_genes]
 
 
-def apply(params, state, x, covariates, log_library_obs, *, config: ZipoConfig, train: bool):
+def apply(params, state, x, covariates, log_library_obs, *, config: ZipoConfig, train):
     """Forward pass of a batch of cells.
 
     Parameters
@@ -242,7 +247,8 @@ def apply(params, state, x, covariates, log_library_obs, *, config: ZipoConfig, 
         ``[batch]`` log observed library sizes (used when ``config.library == "observed"``).
     train
         Use batch statistics in batch-norm layers (and return them); otherwise the stored
-        running statistics, so every cell's output is independent of its batch.
+        running statistics, so every cell's output is independent of its batch. A Python
+        bool, or a traced boolean scalar (see :func:`_batch_norm`).
 
     Returns
     -------
@@ -450,24 +456,24 @@ def count_loglik(terms, out, likelihood: str):
     raise ValueError(f"unknown likelihood {likelihood!r}")
 
 
-def sparsity_penalty(W):
+def sparsity_penalty(W, xp=jnp):
     """Scale-invariant L1/L2 ratio, averaged over first-layer neurons (columns of ``W``).
 
     ``mean_i mean_g |W_gi| / sqrt(mean_g W_gi^2)``: 1 for a neuron with equal-magnitude
     weights, ``1/sqrt(G)`` for a neuron with one non-zero weight; multiplying a neuron's
-    weights by any non-zero constant leaves it unchanged.
+    weights by any non-zero constant leaves it unchanged. ``xp``: ``jnp`` or ``np``.
     """
-    l1 = jnp.mean(jnp.abs(W), axis=0)
-    l2 = jnp.sqrt(jnp.mean(W * W, axis=0) + 1e-30)
-    return jnp.mean(l1 / l2)
+    l1 = xp.mean(xp.abs(W), axis=0)
+    l2 = xp.sqrt(xp.mean(W * W, axis=0) + 1e-30)
+    return xp.mean(l1 / l2)
 
 
 def penalties(alpha_z: float = 0.1, alpha_w: float = 0.1, alpha_theta: float = 0.0) -> dict:
     """The penalty weights as the traced ``hyper`` argument of :func:`loss_fn`."""
     return {
-        "alpha_z": jnp.asarray(alpha_z, jnp.float32),
-        "alpha_w": jnp.asarray(alpha_w, jnp.float32),
-        "alpha_theta": jnp.asarray(alpha_theta, jnp.float32),
+        "alpha_z": np.float32(alpha_z),
+        "alpha_w": np.float32(alpha_w),
+        "alpha_theta": np.float32(alpha_theta),
     }
 
 
@@ -516,32 +522,47 @@ def loss_fn(params, state, batch, mask, key, train: bool, hyper, *, config: Zipo
 
 
 # ----------------------------------------------------------------------------- batch-norm
-def population_stats(params, state, batches: Mapping[str, Any], *, config: ZipoConfig):
+def population_stats(params, state, arrays: Mapping[str, np.ndarray], batches, *, config):
     """Batch-norm statistics recomputed with the final weights over whole training batches.
 
-    ``batches`` holds ``cols``, ``vals``, ``cov``, ``log_lib`` with a leading
-    ``[n_batches, batch_size]`` shape. Each layer's running mean is the average of its batch
-    means and its running variance the average unbiased batch variance (as PyTorch's
-    ``update_bn``), so inference uses statistics of the network as trained rather than a
-    moving average that lags behind the last updates.
+    ``batches`` ``[n_batches, batch_size]`` indexes the cells of ``arrays``. Each layer's
+    running mean is the average of its batch means and its running variance the average
+    unbiased batch variance (as PyTorch's ``update_bn``), so inference uses statistics of the
+    network as trained rather than a moving average that lags behind the last updates.
+
+    The batches go through the inference program of :func:`map_cells` with its batch-norm
+    switch on (batch moments), so no program is compiled for this alone.
     """
-    c = config
-
-    def one(carry, b):
-        x = densify(b["cols"], b["vals"], c.n_genes)
-        _, stats = apply(params, state, x, b["cov"], b["log_lib"], config=c, train=True)
-        return carry, stats
-
-    _, stats = jax.lax.scan(one, None, batches)
-    n = batches["cols"].shape[1]
-    corr = n / max(n - 1, 1)
+    batches = np.asarray(batches)
+    n_b, bs = batches.shape
+    p, s = jax.device_put((params, state))
+    run = _runner(config, cell_outputs)
+    ones = np.ones(bs, np.float32)
+    acc = None
+    for idx in batches:
+        x = _dense_batch(arrays, idx, config.n_genes)
+        _, st = run(p, s, x, arrays["cov"][idx], arrays["log_lib"][idx], ones, np.True_)
+        st = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), st)
+        acc = st if acc is None else jax.tree_util.tree_map(np.add, acc, st)
+    corr = bs / max(bs - 1, 1)
+    layers = _batch_norm_layers(config)
     return {
-        name: {"mean": s["mean"].mean(axis=0), "var": s["var"].mean(axis=0) * corr}
-        for name, s in stats.items()
+        name: {
+            "mean": (acc[name]["mean"] / n_b).astype(np.float32),
+            "var": (acc[name]["var"] / n_b * corr).astype(np.float32),
+        }
+        if name in layers
+        else state[name]  # a layer that does not run keeps its statistics
+        for name in state
     }
 
 
-_population_stats_jit = jax.jit(population_stats, static_argnames="config")
+def _batch_norm_layers(config: ZipoConfig) -> list[str]:
+    """The batch-norm layers that run (the library head's only for ``library="predicted"``)."""
+    names = [f"enc_{i}" for i in range(config.n_blocks)] + ["latent"]
+    if config.library == "predicted":
+        names += [f"lib_{i}" for i in range(len(config.library_dims))]
+    return names
 
 
 # ----------------------------------------------------------------------------- pruning
@@ -623,6 +644,7 @@ class ZipoFit:
     runtime_s: float
     batch_size: int
     arrays: dict = field(repr=False, default_factory=dict)  # every cell's arrays (cell_arrays)
+    val_terms: dict | None = field(repr=False, default=None)  # count_terms of val_idx, float64
 
 
 class ZipoDivergenceError(RuntimeError):
@@ -665,21 +687,27 @@ def fit(
     val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     batch_size = min(batch_size, train_idx.size)
     arrays = cell_arrays(counts, covariates)
-    key = jax.random.PRNGKey(rng)
-    k_init, k_train = jax.random.split(key, 2)
+    # two raw keys from the seed on the host (eager JAX key splitting compiles kernels)
+    k_init, k_train = np.random.SeedSequence(rng).generate_state(4).reshape(2, 2)
     params, state = init_from_data(k_init, config, counts, train_idx)
     to_dev = jax.device_put  # host arrays to the device without per-shape copy kernels
     train_data = to_dev(subset(arrays, train_idx))
-    val_data = to_dev(subset(arrays, val_idx)) if n_val else None
     weights = penalties(**(hyper or {}))
+    val_terms = validate = None
+    if n_val:
+        val_arrays = subset(arrays, val_idx)
+        val_terms = count_terms(arrays, val_idx, dtype=np.float64)
+        validate = functools.partial(
+            validation_loss, arrays=val_arrays, terms=val_terms, weights=weights, config=config
+        )
     res = run_minibatch(
         bound_loss(config),
         params,
         state,
         train_data,
-        val_data,
+        None,
         hyper=to_dev({**weights, "counts": count_terms(arrays, train_idx)}),
-        val_hyper=to_dev({**weights, "counts": count_terms(arrays, val_idx)}) if n_val else None,
+        validate=validate,
         rng_key=k_train,
         batch_size=batch_size,
         max_epochs=max_epochs,
@@ -695,11 +723,8 @@ def fit(
     # batch-norm statistics of the final network over whole training batches
     n_b = train_idx.size // batch_size
     order = rs.permutation(train_idx.size)[: n_b * batch_size]
-    batches = {
-        k: v[order].reshape((n_b, batch_size, *v.shape[1:]))
-        for k, v in subset(arrays, train_idx).items()
-    }
-    state = _population_stats_jit(res.params, res.state, to_dev(batches), config=config)
+    batches = train_idx[order].reshape(n_b, batch_size)
+    state = population_stats(res.params, res.state, arrays, batches, config=config)
     to_np = lambda t: jax.tree_util.tree_map(np.asarray, t)  # noqa: E731
     return ZipoFit(
         params=to_np(res.params),
@@ -714,16 +739,24 @@ def fit(
         runtime_s=res.runtime_s,
         batch_size=batch_size,
         arrays=arrays,
+        val_terms=val_terms,
     )
 
 
 # ----------------------------------------------------------------------------- inference
 @functools.lru_cache(maxsize=64)
 def _runner(config: ZipoConfig, fn):
+    """Jitted ``run(p, s, x, cov, log_lib, mask, batch_stats) -> (fn(...), stats)``.
+
+    ``batch_stats`` (a traced boolean) switches batch norm to the batch's own moments (and
+    ``stats`` are those moments), as :func:`population_stats` needs; :func:`map_cells` runs
+    with it off (stored statistics). One compiled program serves the outputs, the per-epoch
+    validation (:func:`validation_loss`) and the batch-norm statistics of a fit."""
+
     @jax.jit
-    def run(p, s, x, cov, log_lib, mask):
-        out, _ = apply(p, s, x, cov, log_lib, config=config, train=False)
-        return fn(out, x, mask, config=config)
+    def run(p, s, x, cov, log_lib, mask, batch_stats):
+        out, stats = apply(p, s, x, cov, log_lib, config=config, train=batch_stats)
+        return fn(out, x, mask, config=config), stats
 
     return run
 
@@ -760,7 +793,7 @@ def map_cells(params, state, arrays, *, config: ZipoConfig, fn, batch_size: int 
         idx = np.minimum(np.arange(start, start + bs), n - 1)
         mask = (np.arange(bs) < m).astype(np.float32)
         x = _dense_batch(arrays, idx, config.n_genes)
-        res = run(p, s, x, arrays["cov"][idx], arrays["log_lib"][idx], mask)
+        res, _ = run(p, s, x, arrays["cov"][idx], arrays["log_lib"][idx], mask, np.False_)
         for k, v in res.items():
             if k.startswith("sum_"):
                 sums[k] = sums.get(k, 0.0) + np.asarray(v, dtype=np.float64)
@@ -790,16 +823,51 @@ def cell_outputs(out, x, mask, *, config: ZipoConfig):
     return res
 
 
-def mean_loglik(ll_dense, arrays: Mapping[str, np.ndarray], idx, log_r, likelihood: str) -> float:
-    """Mean log-likelihood per cell (summed over genes) of the cells ``idx``: the mean of
-    their ``ll_dense`` (from :func:`cell_outputs`) plus their count part
-    (:func:`count_terms`), evaluated on the host in float64."""
-    terms = count_terms(arrays, idx, dtype=np.float64)
+def host_count_loglik(terms, log_r, likelihood: str) -> float:
+    """:func:`count_loglik` on the host in float64 (``terms`` from :func:`count_terms` with
+    ``dtype=np.float64``; ``log_r`` is ignored for Poisson likelihoods)."""
     if likelihood in ("nb", "zinb"):
         r = np.exp(np.asarray(log_r, np.float64))
-        count = float(_log_gamma_ratio(terms, r, np)) + terms["const"]
-    elif likelihood in ("poisson", "zip"):
-        count = float(terms["const"])
-    else:
-        raise ValueError(f"unknown likelihood {likelihood!r}")
+        return float(_log_gamma_ratio(terms, r, np)) + float(terms["const"])
+    if likelihood in ("poisson", "zip"):
+        return float(terms["const"])
+    raise ValueError(f"unknown likelihood {likelihood!r}")
+
+
+def mean_loglik(
+    ll_dense, arrays: Mapping[str, np.ndarray], idx, log_r, likelihood: str, terms=None
+) -> float:
+    """Mean log-likelihood per cell (summed over genes) of the cells ``idx``: the mean of
+    their ``ll_dense`` (from :func:`cell_outputs`) plus their count part
+    (:func:`count_terms`, or ``terms`` if it is theirs already), on the host in float64."""
+    if terms is None:
+        terms = count_terms(arrays, idx, dtype=np.float64)
+    count = host_count_loglik(terms, log_r, likelihood)
     return float(np.mean(np.asarray(ll_dense, np.float64)[idx])) + count
+
+
+def validation_loss(params, state, arrays, terms, weights, *, config: ZipoConfig):
+    """:func:`loss_fn`'s penalised loss and metrics over all the cells of ``arrays`` in
+    evaluation mode, computed from :func:`cell_outputs` through :func:`map_cells` (the
+    program the fit's outputs use, so validation compiles nothing of its own) with the
+    count part and the penalties on the host in float64. ``terms`` is the cells'
+    :func:`count_terms` (float64), ``weights`` the penalty weights (:func:`penalties`)."""
+    c = config
+    o = map_cells(params, state, arrays, config=c, fn=cell_outputs)
+    log_r = params["disp"]["log_r"] if c.negative_binomial else None
+    ll = float(np.mean(o["ll_dense"], dtype=np.float64)) + host_count_loglik(
+        terms, log_r, c.likelihood
+    )
+    nll = -ll / c.n_genes
+    loss = nll
+    metrics = {"nll": nll}
+    per_entry = float(o["sum_n"]) * c.n_genes
+    if c.zero_inflated:
+        metrics["mean_gate"] = float(np.sum(o["sum_gate"])) / per_entry
+        loss += float(weights["alpha_z"]) * float(np.sum(o["sum_gate2"])) / per_entry
+    W = np.asarray(params["enc_0"]["W"], np.float64)
+    loss += float(weights["alpha_w"]) * float(sparsity_penalty(W, np))
+    if c.negative_binomial:
+        r2 = np.exp(-2.0 * np.asarray(log_r, np.float64))
+        loss += float(weights["alpha_theta"]) * float(np.mean(r2))
+    return loss, metrics
