@@ -397,3 +397,20 @@ def test_population_stats_average_the_batch_moments(library):
             else:
                 expected = np.asarray(state[name][stat])
             np.testing.assert_allclose(np.asarray(got[name][stat]), expected, rtol=1e-5)
+
+
+def test_map_cells_over_prepared_device_batches_equals_host_batches():
+    """Validation cells are densified once onto the device (within a size limit); mapping
+    over those batches gives what mapping over batches densified on the fly gives."""
+    cfg, params, state, _, _ = _network("zinb")
+    rs = np.random.default_rng(4)
+    x = rs.poisson(rs.gamma(1.0, 8.0, (300, G))).astype(np.float32)  # two batches, padded
+    arrays = zipo.cell_arrays(CountData(x))
+    prepared = zipo.device_batches(arrays, G)
+    assert [m for m, _ in prepared] == [256, 44]
+    a = zipo.map_cells(params, state, arrays, config=cfg, fn=zipo.cell_outputs)
+    b = zipo.map_cells(params, state, arrays, config=cfg, fn=zipo.cell_outputs, batches=prepared)
+    assert set(a) == set(b) and a["latent"].shape == (300, 3)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert zipo.device_batches(arrays, G, max_bytes=2 * 256 * G * 4 - 1) is None

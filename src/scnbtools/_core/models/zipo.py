@@ -61,10 +61,12 @@ __all__ = [
     "LIKELIHOODS",
     "ZipoConfig",
     "apply",
+    "cell_batches",
     "count_loglik",
     "count_terms",
     "dense_loglik",
     "densify",
+    "device_batches",
     "entry_loglik",
     "gene_histograms",
     "host_count_loglik",
@@ -698,7 +700,12 @@ def fit(
         val_arrays = subset(arrays, val_idx)
         val_terms = count_terms(arrays, val_idx, dtype=np.float64)
         validate = functools.partial(
-            validation_loss, arrays=val_arrays, terms=val_terms, weights=weights, config=config
+            validation_loss,
+            arrays=val_arrays,
+            terms=val_terms,
+            weights=weights,
+            config=config,
+            batches=device_batches(val_arrays, config.n_genes),
         )
     res = run_minibatch(
         bound_loss(config),
@@ -770,7 +777,41 @@ def _dense_batch(arrays: Mapping[str, np.ndarray], idx: np.ndarray, n_genes: int
     return x[:, :n_genes]
 
 
-def map_cells(params, state, arrays, *, config: ZipoConfig, fn, batch_size: int = INFER_BATCH):
+def cell_batches(arrays: Mapping[str, np.ndarray], n_genes: int, batch_size: int = INFER_BATCH):
+    """The cells of ``arrays`` as inference batches ``(m, (x, cov, log_lib, mask))``, in order.
+
+    Every batch holds exactly ``batch_size`` rows (the last one padded by repeating the last
+    cell, ``mask`` 0 there; ``m`` real cells), densified on the host one batch at a time."""
+    n = int(arrays["cols"].shape[0])
+    bs = int(batch_size)
+    for start in range(0, n, bs):
+        m = min(bs, n - start)
+        idx = np.minimum(np.arange(start, start + bs), n - 1)
+        mask = (np.arange(bs) < m).astype(np.float32)
+        x = _dense_batch(arrays, idx, n_genes)
+        yield m, (x, arrays["cov"][idx], arrays["log_lib"][idx], mask)
+
+
+def device_batches(arrays: Mapping[str, np.ndarray], n_genes: int, max_bytes: int = 1 << 26):
+    """``list(cell_batches(...))`` on the device if their dense counts take at most
+    ``max_bytes`` (for cells evaluated again and again, as validation cells are every epoch),
+    else ``None``."""
+    n = int(arrays["cols"].shape[0])
+    if -(-n // INFER_BATCH) * INFER_BATCH * n_genes * 4 > max_bytes:
+        return None
+    return [(m, jax.device_put(b)) for m, b in cell_batches(arrays, n_genes)]
+
+
+def map_cells(
+    params,
+    state,
+    arrays,
+    *,
+    config: ZipoConfig,
+    fn,
+    batch_size: int = INFER_BATCH,
+    batches=None,
+):
     """Apply ``fn(out, x, mask, config=config) -> dict`` to every cell in evaluation mode.
 
     ``fn`` is a module-level function (e.g. :func:`cell_outputs`); ``out`` is
@@ -779,21 +820,18 @@ def map_cells(params, state, arrays, *, config: ZipoConfig, fn, batch_size: int 
     (weighted by ``mask``) and are summed over batches; the others are per-cell
     ``[batch, ...]`` arrays, concatenated with the padding dropped. Cells go through in
     batches of exactly ``batch_size`` (the last one padded) densified one at a time on the
-    host, so the jitted function compiles once per ``(config, fn)`` whatever the number of
-    cells or the sparsity of the data.
+    host (:func:`cell_batches`; or ``batches``, the same of ``arrays`` prepared before, e.g.
+    by :func:`device_batches`), so the jitted function compiles once per ``(config, fn)``
+    whatever the number of cells or the sparsity of the data.
     """
-    n = int(arrays["cols"].shape[0])
-    bs = int(batch_size)
     p, s = jax.device_put((params, state))  # one transfer, no per-leaf copy kernels
     run = _runner(config, fn)
+    if batches is None:
+        batches = cell_batches(arrays, config.n_genes, batch_size)
     sums: dict[str, np.ndarray] = {}
     pieces: dict[str, list[np.ndarray]] = {}
-    for start in range(0, n, bs):
-        m = min(bs, n - start)
-        idx = np.minimum(np.arange(start, start + bs), n - 1)
-        mask = (np.arange(bs) < m).astype(np.float32)
-        x = _dense_batch(arrays, idx, config.n_genes)
-        res, _ = run(p, s, x, arrays["cov"][idx], arrays["log_lib"][idx], mask, np.False_)
+    for m, (x, cov, log_lib, mask) in batches:
+        res, _ = run(p, s, x, cov, log_lib, mask, np.False_)
         for k, v in res.items():
             if k.startswith("sum_"):
                 sums[k] = sums.get(k, 0.0) + np.asarray(v, dtype=np.float64)
@@ -813,7 +851,9 @@ def cell_outputs(out, x, mask, *, config: ZipoConfig):
         "log_library": out["log_l"],  # the library in use
         "ll_dense": dense_loglik(x, out, config.likelihood),
     }
-    per_gene = {"rho": jnp.exp(out["log_mu"]), "mu": jnp.exp(out["log_rate"])}
+    rho = jnp.exp(out["log_mu"])
+    # mu = l rho (log_rate = log_l + log_mu): one exp per cell instead of one per entry
+    per_gene = {"rho": rho, "mu": jnp.exp(out["log_l"])[:, None] * rho}
     if config.zero_inflated:
         per_gene["gate"] = jax.nn.sigmoid(out["gate_logits"])
     for name, a in per_gene.items():
@@ -846,14 +886,15 @@ def mean_loglik(
     return float(np.mean(np.asarray(ll_dense, np.float64)[idx])) + count
 
 
-def validation_loss(params, state, arrays, terms, weights, *, config: ZipoConfig):
+def validation_loss(params, state, arrays, terms, weights, *, config: ZipoConfig, batches=None):
     """:func:`loss_fn`'s penalised loss and metrics over all the cells of ``arrays`` in
     evaluation mode, computed from :func:`cell_outputs` through :func:`map_cells` (the
     program the fit's outputs use, so validation compiles nothing of its own) with the
     count part and the penalties on the host in float64. ``terms`` is the cells'
-    :func:`count_terms` (float64), ``weights`` the penalty weights (:func:`penalties`)."""
+    :func:`count_terms` (float64), ``weights`` the penalty weights (:func:`penalties`),
+    ``batches`` optionally the cells' :func:`device_batches`."""
     c = config
-    o = map_cells(params, state, arrays, config=c, fn=cell_outputs)
+    o = map_cells(params, state, arrays, config=c, fn=cell_outputs, batches=batches)
     log_r = params["disp"]["log_r"] if c.negative_binomial else None
     ll = float(np.mean(o["ll_dense"], dtype=np.float64)) + host_count_loglik(
         terms, log_r, c.likelihood
