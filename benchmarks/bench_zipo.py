@@ -11,8 +11,11 @@ What is compared, in one run on one machine
   ``"nb"`` (defaults: 1 hidden layer of 128, 10 latents, batch 128, Adam 1e-3). Every method
   runs exactly ``--epochs`` epochs (ZiPo's early stopping is switched off; it keeps the
   weights of its best validation epoch, SCVI its last).
-* **longer run**: every method again for ``--long-epochs`` epochs (default 60) on the first
-  data seed, which separates the fixed costs from the cost per epoch.
+* **longer run**: every method again on the first data seed for as many epochs as ZiPo's own
+  training takes there (``--long-epochs auto``, the default: ``fit_zipo`` with every default,
+  early stopping on, is run first and its number of epochs is used for every method; or a
+  number), which compares the methods at a training length a user gets, and separates the
+  fixed costs from the cost per epoch.
 * **seeds**: every data seed is trained with the same seed; the first data set is also
   trained with further training seeds (``--train-seeds``: initialisation and minibatch
   order only), which gives each method's run-to-run spread with the data held fixed.
@@ -106,14 +109,13 @@ def worker_zipo(args) -> None:
     likelihood = args.method.split("_", 1)[1]
     tr = ad.AnnData(X[d["train"]])
     te = ad.AnnData(X[d["test"]])
+    # --epochs 0: every default (early stopping on), the training length a user gets
+    length = {} if args.epochs == 0 else {"max_epochs": args.epochs}
+    if args.epochs:
+        length["early_stopping_patience"] = args.epochs + 1
     with Stopwatch() as sw:
         snb.tl.fit_zipo(
-            tr,
-            likelihood=likelihood,
-            max_epochs=args.epochs,
-            early_stopping_patience=args.epochs + 1,
-            rng=_train_seed(args),
-            progress_bar=False,
+            tr, likelihood=likelihood, rng=_train_seed(args), progress_bar=False, **length
         )
     snb.tl.zipo_transform(te, reference=tr)
     res = tr.uns["zipo"]
@@ -132,6 +134,8 @@ def worker_zipo(args) -> None:
             "wall_s": sw.seconds,
             "cpu_s": sw.cpu_seconds,
             "epochs": int(res["n_epochs_run"]),
+            "best_epoch": int(res["best_epoch"]) + 1,  # 1-based, as "epochs"
+            "stopped_early": bool(res["stopped_early"]),
             "likelihood": likelihood,
         }
     )
@@ -316,9 +320,15 @@ def main(args) -> None:
     for seed, train_seed in runs:
         rows += _run_methods(methods, work, seed, train_seed, args.epochs, sizes)
     long_rows: list[dict] = []
-    if args.long_epochs:
-        seed = args.seeds[0]
-        long_rows = _run_methods(methods, work, seed, seed, args.long_epochs, sizes, tag="long")
+    default_row = None
+    long_epochs = 0 if args.long_epochs == "auto" else int(args.long_epochs)
+    seed = args.seeds[0]
+    if args.long_epochs == "auto":
+        # ZiPo with every default (early stopping on): its number of epochs is the length
+        default_row = _run_methods(["zipo_zinb"], work, seed, seed, 0, sizes, tag="default")[0]
+        long_epochs = int(default_row.get("epochs", 0))
+    if long_epochs:
+        long_rows = _run_methods(methods, work, seed, seed, long_epochs, sizes, tag="long")
     result = {
         "machine": info,
         "load_avg_end": machine_info(packages=())["load_avg_1_5_15"],
@@ -328,8 +338,9 @@ def main(args) -> None:
         "shape": [n_cells, n_genes, n_train],
         "skip_scvi": skip_scvi,
         "rows": rows,
-        "long_epochs": args.long_epochs,
+        "long_epochs": long_epochs,
         "long_rows": long_rows,
+        "default_row": default_row,
     }
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
@@ -545,13 +556,25 @@ def _long_section(result: dict, long_rows: list[dict], rows: list[dict]) -> str:
                 f"{ratio:.2f}",
             ]
         )
+    d = result.get("default_row")
+    if d and "error" not in d:
+        how = (
+            f"{n_long} epochs is the length of ZiPo's own training on this data: `fit_zipo` "
+            f"with every default (zinb, early stopping on) ran {n_long} epochs "
+            + ("and stopped early " if d.get("stopped_early") else "(all of `max_epochs`) ")
+            + f"(best epoch {d.get('best_epoch', '?')}; held-out NLL {d['nll']:.4g}, rate MSE "
+            f"{d['rate_mse']:.3g}, ARI {d['ari']:.3g}, {d['cpu_s']:.3g} CPU s). Every method "
+            f"then trained exactly {n_long} epochs, in the same run."
+        )
+    else:
+        how = f"Every method again, {n_long} epochs each, in the same run."
     head = [
         f"### Longer training: {n_long} epochs (data seed {seed}, training seed {seed})",
         "",
-        f"Every method again, {n_long} epochs each, in the same run. *Marginal CPU s / epoch* "
-        f"is the difference to the {n_short}-epoch run of the same data and seed, divided by "
-        f"the {n_long - n_short} extra epochs: the cost of an epoch without the fixed costs "
-        "(compilation, set-up, outputs). ZiPo's early stopping is off here too.",
+        f"{how} *Marginal CPU s / epoch* is the difference to the {n_short}-epoch run of the "
+        f"same data and seed, divided by the {n_long - n_short} extra epochs: the cost of an "
+        "epoch without the fixed costs (compilation, set-up, outputs). ZiPo's early stopping "
+        "is off in these runs (it keeps its best validation epoch's weights, SCVI its last).",
         "",
     ]
     cols = [
@@ -643,9 +666,9 @@ if __name__ == "__main__":
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument(
         "--long-epochs",
-        type=int,
-        default=60,
-        help="also run every method this many epochs on the first data seed (0: skip)",
+        default="auto",
+        help="also run every method this many epochs on the first data seed (0: skip; "
+        "'auto': as many as fit_zipo with its defaults and early stopping takes there)",
     )
     ap.add_argument("--quick", action="store_true", help="2,000 × 500 smoke test; writes nothing")
     ap.add_argument("--workdir", default=None)
