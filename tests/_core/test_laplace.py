@@ -390,3 +390,42 @@ def test_float32_newton_converges_where_the_line_search_cannot_judge(monkeypatch
     monkeypatch.setattr(L, "_SLACK", 0.0)  # f comparisons only
     it_f, dec_f = solve()
     assert np.sum(it_f == 30) > 0 and np.sum(dec_f > 1e-4) > 0
+
+
+@pytest.mark.parametrize("mode_name", ["fixed", "latent"])
+def test_outer_step_moves_the_mode_by_its_newton_step_unless_it_overshoots(mode_name):
+    """The outer step's differentiable Newton step is the cell's next mode: near the mode it
+    is the full Newton step (closer to the converged mode), the value is the one-step
+    Laplace value; a full step that lowers the log posterior (here to -inf: exp overflows)
+    leaves the mode where it was."""
+    mode = MODES[mode_name]
+    with jax.enable_x64(True):
+        mu, W, log_d, u, _ = _problem(seed=5)
+        pf = L.prior_factor(jnp.asarray(mu), jnp.asarray(W), jnp.asarray(log_d))
+        cell = L._Cell(jnp.asarray(u), jnp.asarray(0.2), jnp.asarray(0.5))
+        cells = jax.tree_util.tree_map(lambda a: a[None], cell)
+        solved = L.solve_cells(
+            jnp.asarray(mu)[None], jnp.asarray([0.2]), cells, {}, pf, poisson_obs, mode, tol=1e-20
+        )
+        x_hat, e_hat = solved[0][0], solved[1][0]
+        # (a fixed eta stays where it is: the mode is that of this eta)
+        x0, e0 = x_hat + 0.05, e_hat - (0.03 if mode.latent else 0.0)
+        value, x1, e1 = L._laplace_step(x0, e0, cell, {}, pf, poisson_obs, mode)
+        d0 = L.newton_direction(x0, e0, cell, {}, pf, poisson_obs, mode)
+        np.testing.assert_allclose(np.asarray(x1), np.asarray(x0 + d0.dx), rtol=1e-12)
+        np.testing.assert_allclose(float(e1), float(e0 + d0.deta), rtol=1e-12)
+        assert np.max(np.abs(np.asarray(x1 - x_hat))) < 0.1 * np.max(np.abs(np.asarray(x0 - x_hat)))
+        one_step = L._differentiable_laplace(x0, e0, cell, {}, pf, poisson_obs, mode)
+        assert float(value) == float(one_step)
+        # far from the mode: a large count seen at a tiny rate; the full step overshoots
+        big = L._Cell(cell.u.at[0].set(5000.0), cell.eta_loc, cell.eta_scale)
+        xf = x_hat.at[0].set(-8.0)
+        d = L.newton_direction(xf, e_hat, big, {}, pf, poisson_obs, mode)
+        f0 = L.cell_objective(xf, e_hat, big, {}, pf, poisson_obs, mode)
+        f1 = L.cell_objective(
+            xf + d.dx, L._clip_eta(e_hat + d.deta, mode), big, {}, pf, poisson_obs, mode
+        )
+        assert not f1 >= f0  # the premise: the full step does not improve
+        _, x_kept, e_kept = L._laplace_step(xf, e_hat, big, {}, pf, poisson_obs, mode)
+        np.testing.assert_array_equal(np.asarray(x_kept), np.asarray(xf))
+        assert float(e_kept) == float(e_hat)

@@ -340,8 +340,9 @@ _COMMON_DOC = """
     tol
         Relative improvement of the 50-step mean loss below which a plateau is declared.
     inner_steps
-        Damped Newton iterations per outer step for the cells of the batch (warm-started
-        from their previous modes).
+        Newton iterations per outer step for the cells of the batch (warm-started from their
+        previous modes); the last is the full step that the loss's gradient is taken through,
+        the others are damped.
     newton_tol
         Newton decrement (nats) at which a cell's final solve counts as converged.
     em_steps

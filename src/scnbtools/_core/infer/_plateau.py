@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import jax.numpy as jnp
 import numpy as np
 
 from .._progress import progress
@@ -71,8 +70,8 @@ class Plateau:
         self.n_reductions += 1
         self.bad, self.improved = 0, False
         self.lr *= self.lr_factor
-        old = jnp.asarray(opt_state.hyperparams["learning_rate"])
-        opt_state.hyperparams["learning_rate"] = jnp.asarray(self.lr, dtype=old.dtype)
+        old = opt_state.hyperparams["learning_rate"]
+        opt_state.hyperparams["learning_rate"] = np.asarray(self.lr, dtype=old.dtype)
         return False
 
 

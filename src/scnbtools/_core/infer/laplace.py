@@ -32,8 +32,10 @@ plus the caller's log prior on the globals. Its exact gradient, the dependence o
 on the globals included, is obtained by differentiating one Newton step taken from the
 (stop-gradient) mode: ``x̃ = x̂ + P⁻¹ ∇f(x̂)`` has ``∂x̃/∂θ = ∂x̂/∂θ`` at the mode (implicit
 function theorem), and the gradient of the first terms in ``x`` vanishes there. Every
-outer step warm-starts the cells of its batch from their stored modes and runs a few
-Newton iterations first; cell minibatches scale the likelihood by ``N / B``. After the
+outer step warm-starts the cells of its batch from their stored modes; that Newton step is
+also their next mode (where it does not lower ``f``; ``inner_steps − 1`` damped iterations
+may come first), so one Newton iteration per step serves both the mode and the gradient.
+Cell minibatches scale the likelihood by ``N / B``. After the
 outer loop, every cell is solved to convergence (Newton decrement ≤ ``tol``), and the
 iterations and final gradient norm per cell are returned.
 """
@@ -52,6 +54,7 @@ import optax
 from jax.scipy.linalg import cho_solve
 from jax.scipy.special import log_ndtr
 
+from ._adam import adam, initial_state
 from ._plateau import Plateau, drive_chunks
 
 __all__ = [
@@ -273,10 +276,38 @@ def _laplace_value(x, eta, cell, obs_params, pf, obs, mode, dr: _Dir, *, exact=T
 
 def _differentiable_laplace(x0, eta0, cell, obs_params, pf, obs, mode, *, exact=True):
     """Laplace value after one differentiable Newton step from the (stop-gradient) mode."""
+    return _laplace_step(x0, eta0, cell, obs_params, pf, obs, mode, exact=exact)[0]
+
+
+def _laplace_step(x0, eta0, cell, obs_params, pf, obs, mode, *, exact=True):
+    """:func:`_differentiable_laplace` and the cell's next mode: ``(value, x, eta)``.
+
+    The full Newton step that the value is taken after also moves the stored mode (so an
+    outer step needs no Newton iteration of its own), where it does not lower the cell's
+    log posterior ``f`` beyond float round-off (else the mode stays: a cell whose full step
+    overshoots, far from its mode, waits for the final solve's line search)."""
     x0, eta0 = jax.lax.stop_gradient(x0), jax.lax.stop_gradient(eta0)
     d0 = newton_direction(x0, eta0, cell, obs_params, pf, obs, mode)
     x1, eta1 = x0 + d0.dx, _clip_eta(eta0 + d0.deta, mode)
-    return laplace_log_marginal(x1, eta1, cell, obs_params, pf, obs, mode, exact=exact)
+    d1 = newton_direction(x1, eta1, cell, obs_params, pf, obs, mode)
+    value = _laplace_value(x1, eta1, cell, obs_params, pf, obs, mode, d1, exact=exact)
+    lt0, f0 = _objective_terms(x0, eta0, cell, obs_params, pf, obs, mode, d0)
+    lt1, f1 = _objective_terms(x1, eta1, cell, obs_params, pf, obs, mode, d1)
+    f0, f1 = jax.lax.stop_gradient((lt0.sum() + f0, lt1.sum() + f1))
+    noise = _SLACK * jnp.finfo(x0.dtype).eps * jnp.sqrt(jnp.sum(lt0 * lt0) + f0 * f0)
+    ok = jnp.isfinite(f1) & (f1 >= f0 - noise)
+    x1, eta1 = jax.lax.stop_gradient((x1, eta1))
+    return value, jnp.where(ok, x1, x0), jnp.where(ok, eta1, eta0)
+
+
+def _objective_terms(x, eta, cell, obs_params, pf, obs, mode, dr: _Dir):
+    """:func:`cell_objective` (``exact=False``) as its per-gene observation terms and the
+    rest, with ``Σ⁻¹ (x − mu)`` taken from ``dr`` (a direction at ``(x, eta)``)."""
+    lt = obs.loglik_t(x - eta, cell.u, obs_params)
+    rest = -0.5 * (x - pf.mu) @ dr.sinv_r
+    if mode.latent:
+        rest = rest - 0.5 * jnp.square((eta - cell.eta_loc) / cell.eta_scale)
+    return lt, rest
 
 
 def _cell_constants(U, obs: Observation, obs_params) -> jax.Array:
@@ -284,7 +315,7 @@ def _cell_constants(U, obs: Observation, obs_params) -> jax.Array:
     ``t`` (e.g. ``−log u!``; with the NB, ``log Γ(u + r) − log Γ(r) + r log r`` too). Once
     the observation parameters are fixed they are constants, computed once instead of on
     every step (special functions over every entry are a large part of a step's cost)."""
-    zero = jnp.zeros((), U.dtype)
+    zero = np.zeros((), U.dtype)
     return jax.jit(
         jax.vmap(
             lambda u: (obs.loglik(zero, u, obs_params) - obs.loglik_t(zero, u, obs_params)).sum()
@@ -460,7 +491,7 @@ def run_laplace(
     patience: int | None = None,
     lr_factor: float = 0.3,
     max_lr_reductions: int = 3,
-    min_steps: int = 200,
+    min_steps: int | None = None,
     stop_if_futile: bool = True,
     newton_max_iter: int = 50,
     newton_tol: float = 1e-4,
@@ -542,15 +573,15 @@ def run_laplace(
     def loss_fn(p_opt, p_fixed, xb, eb, cb, const_b):
         p = {**p_fixed, **p_opt}
         pf, op = globals_of(p)
-        lap = jax.vmap(
-            lambda x, e, c: _differentiable_laplace(x, e, c, op, pf, obs, mode, exact=not obs_fixed)
+        lap, xn, en = jax.vmap(
+            lambda x, e, c: _laplace_step(x, e, c, op, pf, obs, mode, exact=not obs_fixed)
         )(xb, eb, cb)
         lp = 0.0 if log_prior is None else log_prior(derive_fn(p))
-        return -(scale * (lap.sum() + const_b.sum()) + lp) / C
+        return -(scale * (lap.sum() + const_b.sum()) + lp) / C, (xn, en)
 
     opt_p, fixed_p = _split(params, [k for k in params if k not in frozen])
-    opt = optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate)
-    opt_state = opt.init(opt_p)
+    opt = adam(learning_rate)
+    opt_state = initial_state(opt_p, learning_rate)
     chunk = int(min(chunk_size, n_steps))
     traces = [0]
 
@@ -572,8 +603,11 @@ def run_laplace(
                 )
                 return (x, e), None
 
-            (xb, eb), _ = jax.lax.scan(inner, (X[idx], E[idx]), None, length=inner_steps)
-            loss, grads = jax.value_and_grad(loss_fn)(p_opt, p_fixed, xb, eb, cb, const_all[idx])
+            # inner_steps − 1 damped iterations; the loss's Newton step is the last one
+            (xb, eb), _ = jax.lax.scan(inner, (X[idx], E[idx]), None, length=inner_steps - 1)
+            (loss, (xb, eb)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                p_opt, p_fixed, xb, eb, cb, const_all[idx]
+            )
             upd, s_new = opt.update(grads, s, p_opt)
             p_new = optax.apply_updates(p_opt, upd)
             active = i < n_active
@@ -595,12 +629,13 @@ def run_laplace(
     plateau = Plateau(
         learning_rate,
         tol=tol,
-        # full-batch chunk means are exact: 2 chunks without a relative gain of ``tol`` are a
-        # plateau; minibatch means are noisy and get one chunk more
-        patience=(2 if B == C else 3) if patience is None else patience,
+        # full-batch chunk means are exact: one chunk without a relative gain of ``tol`` on
+        # the best one is a plateau (and, after a reduction, shows it futile); minibatch
+        # means are noisy and get 3 chunks, and at least 200 steps before a first reduction
+        patience=(1 if B == C else 3) if patience is None else patience,
         lr_factor=lr_factor,
         max_lr_reductions=max_lr_reductions,
-        min_steps=min_steps,
+        min_steps=(100 if B == C else 200) if min_steps is None else min_steps,
         stop_if_futile=stop_if_futile,
         noise_aware=B < C,
     )
@@ -624,9 +659,10 @@ def run_laplace(
     )
     opt_p, opt_state, X, E, _ = run.state
     diverged = run.diverged
-    params = {**fixed_p, **opt_p}
-    pf, op = globals_of(params)
-    params = {**params, **derive_fn(params)}
+    # one small program, not an eager kernel per operation
+    pf, op, params = jax.jit(lambda p: (*globals_of(p), {**p, **derive_fn(p)}))(
+        {**fixed_p, **opt_p}
+    )
     out = _final_solve(X, E, cells_all, op, pf, obs, mode, newton_max_iter, newton_tol, B)
     np_params = {k: np.asarray(v) for k, v in params.items()}
     finite = all(np.all(np.isfinite(v)) for v in np_params.values())
@@ -658,6 +694,8 @@ def _final_solve(X, E, cells, op, pf, obs, mode, max_iter, tol, batch):
     fn = jax.jit(
         lambda x, e, c, op, pf: solve_cells(x, e, c, op, pf, obs, mode, max_iter=max_iter, tol=tol)
     )
+    # batches are gathered on the host (eager indexing compiles a kernel per shape)
+    X, E, cells = jax.tree_util.tree_map(np.asarray, (X, E, cells))
     outs = []
     for s in range(0, C, batch):
         idx = np.arange(s, min(s + batch, C))

@@ -38,6 +38,8 @@ import numpy as np
 import optax
 
 from .._progress import progress
+from ._adam import adam as _optimizer
+from ._adam import initial_state as _initial_opt_state
 
 __all__ = ["MinibatchResult", "ScheduleConfig", "run_minibatch", "take"]
 
@@ -149,25 +151,6 @@ def make_evaluator(loss_fn: Callable, n_cells: int, batch_size: int, spec: tuple
         return losses.sum() / tot, jax.tree_util.tree_map(lambda v: v.sum() / tot, metrics)
 
     return jax.jit(_eval)
-
-
-#: Adam's hyperparameters besides the learning rate (optax's defaults, spelled out so that
-#: :func:`_initial_opt_state` knows every value of the state)
-_ADAM = {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "eps_root": 0.0}
-
-
-def _optimizer(learning_rate: float):
-    return optax.inject_hyperparams(optax.adam)(learning_rate=learning_rate, **_ADAM)
-
-
-def _initial_opt_state(params, learning_rate: float):
-    """``_optimizer(learning_rate).init(params)``, built on the host: zero moments and
-    counts and the hyperparameters (eager ``init`` compiles a small kernel per operation)."""
-    shapes = jax.eval_shape(_optimizer(learning_rate).init, params)
-    hyper = {"learning_rate": learning_rate, **_ADAM}
-    state = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), shapes)
-    hp = {k: np.asarray(hyper[k], v.dtype) for k, v in state.hyperparams.items()}
-    return jax.device_put(state._replace(hyperparams=hp))
 
 
 @functools.lru_cache(maxsize=32)
