@@ -543,7 +543,11 @@ def _long_section(result: dict, long_rows: list[dict], rows: list[dict]) -> str:
     for r in long_rows:
         # the marginal cost of an epoch: the difference to the short run of the same data
         base = short.get(r["method"])
-        marginal = (r["cpu_s"] - base["cpu_s"]) / (n_long - n_short) if base else float("nan")
+        marginal = (
+            (r["cpu_s"] - base["cpu_s"]) / (n_long - n_short)
+            if base and n_long != n_short
+            else float("nan")
+        )
         ratio = r["cpu_s"] / ours["cpu_s"] if ours else float("nan")
         table.append(
             [

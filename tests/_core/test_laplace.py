@@ -180,7 +180,7 @@ def test_one_step_gradient_is_the_implicit_gradient():
 
         def one_step(theta):
             pf = L.prior_factor(theta[:5], jnp.asarray(W), theta[5:])
-            return L._differentiable_laplace(x_hat, e_hat, cell, op, pf, nb_mean_obs, mode)
+            return L._laplace_step(x_hat, e_hat, cell, op, pf, nb_mean_obs, mode)[0]
 
         grad = np.asarray(jax.grad(one_step)(theta))
         eps = 1e-4
@@ -415,8 +415,11 @@ def test_outer_step_moves_the_mode_by_its_newton_step_unless_it_overshoots(mode_
         np.testing.assert_allclose(np.asarray(x1), np.asarray(x0 + d0.dx), rtol=1e-12)
         np.testing.assert_allclose(float(e1), float(e0 + d0.deta), rtol=1e-12)
         assert np.max(np.abs(np.asarray(x1 - x_hat))) < 0.1 * np.max(np.abs(np.asarray(x0 - x_hat)))
-        one_step = L._differentiable_laplace(x0, e0, cell, {}, pf, poisson_obs, mode)
-        assert float(value) == float(one_step)
+        # the value is the Laplace log marginal at the full step (not at x0)
+        at_step = L.laplace_log_marginal(x0 + d0.dx, e0 + d0.deta, cell, {}, pf, poisson_obs, mode)
+        np.testing.assert_allclose(float(value), float(at_step), rtol=1e-12)
+        at_x0 = L.laplace_log_marginal(x0, e0, cell, {}, pf, poisson_obs, mode)
+        assert abs(float(at_x0) - float(at_step)) > 1e-6
         # far from the mode: a large count seen at a tiny rate; the full step overshoots
         big = L._Cell(cell.u.at[0].set(5000.0), cell.eta_loc, cell.eta_scale)
         xf = x_hat.at[0].set(-8.0)

@@ -248,7 +248,7 @@ def _newton_iter(x, eta, cell, obs_params, pf, obs, mode):
     # Where the predicted gain (half the squared decrement) is below the round-off of the
     # summed f, the comparison cannot judge a step (float32 near the mode); the quadratic
     # model is then accurate, and the full Newton step is taken.
-    noise = _SLACK * jnp.finfo(x.dtype).eps * jnp.sqrt(jnp.sum(lt0 * lt0) + rest0 * rest0)
+    noise = _roundoff(lt0, rest0)
     trust = (0.5 * dr.decrement <= noise) & jnp.isfinite(fs[0])
     a = jnp.where(trust, steps[0], a)
     return x + a * dr.dx, _clip_eta(eta + a * dr.deta, mode), dr
@@ -274,13 +274,15 @@ def _laplace_value(x, eta, cell, obs_params, pf, obs, mode, dr: _Dir, *, exact=T
     return val
 
 
-def _differentiable_laplace(x0, eta0, cell, obs_params, pf, obs, mode, *, exact=True):
-    """Laplace value after one differentiable Newton step from the (stop-gradient) mode."""
-    return _laplace_step(x0, eta0, cell, obs_params, pf, obs, mode, exact=exact)[0]
+def _roundoff(lt, rest):
+    """Round-off of a summed log density ``lt.sum() + rest`` (its per-gene terms ``lt``):
+    below it, no comparison of two values can judge a step."""
+    return _SLACK * jnp.finfo(lt.dtype).eps * jnp.sqrt(jnp.sum(lt * lt) + rest * rest)
 
 
 def _laplace_step(x0, eta0, cell, obs_params, pf, obs, mode, *, exact=True):
-    """:func:`_differentiable_laplace` and the cell's next mode: ``(value, x, eta)``.
+    """The Laplace value after one differentiable Newton step from the (stop-gradient) mode,
+    and the cell's next mode: ``(value, x, eta)``.
 
     The full Newton step that the value is taken after also moves the stored mode (so an
     outer step needs no Newton iteration of its own), where it does not lower the cell's
@@ -291,11 +293,10 @@ def _laplace_step(x0, eta0, cell, obs_params, pf, obs, mode, *, exact=True):
     x1, eta1 = x0 + d0.dx, _clip_eta(eta0 + d0.deta, mode)
     d1 = newton_direction(x1, eta1, cell, obs_params, pf, obs, mode)
     value = _laplace_value(x1, eta1, cell, obs_params, pf, obs, mode, d1, exact=exact)
-    lt0, f0 = _objective_terms(x0, eta0, cell, obs_params, pf, obs, mode, d0)
-    lt1, f1 = _objective_terms(x1, eta1, cell, obs_params, pf, obs, mode, d1)
-    f0, f1 = jax.lax.stop_gradient((lt0.sum() + f0, lt1.sum() + f1))
-    noise = _SLACK * jnp.finfo(x0.dtype).eps * jnp.sqrt(jnp.sum(lt0 * lt0) + f0 * f0)
-    ok = jnp.isfinite(f1) & (f1 >= f0 - noise)
+    lt0, rest0 = _objective_terms(x0, eta0, cell, obs_params, pf, obs, mode, d0)
+    lt1, rest1 = _objective_terms(x1, eta1, cell, obs_params, pf, obs, mode, d1)
+    f0, f1 = jax.lax.stop_gradient((lt0.sum() + rest0, lt1.sum() + rest1))
+    ok = jnp.isfinite(f1) & (f1 >= f0 - jax.lax.stop_gradient(_roundoff(lt0, rest0)))
     x1, eta1 = jax.lax.stop_gradient((x1, eta1))
     return value, jnp.where(ok, x1, x0), jnp.where(ok, eta1, eta0)
 

@@ -7,13 +7,14 @@
   pytree of traced hyperparameters (e.g. penalty weights, so changing them does not
   recompile; also constants of the data set the batches come from, so validation batches
   get their own, ``val_hyper``) and ``metrics`` a dict of mask-weighted scalar means.
-* One epoch — shuffle, then every full batch of the training cells (the last partial batch
-  is dropped) — is one jitted ``lax.scan``; validation is another jitted scan over padded
-  batches in evaluation mode (or a model's own host-side ``validate`` callable, e.g. one that
-  reuses a program the model compiles anyway). The host sees only per-epoch numbers, so the progress bar
-  (updated between epochs) costs nothing, and nothing recompiles after the first epoch
-  (``n_compilations`` counts traces). The compiled epoch and evaluator are cached per
-  ``(loss_fn, n_cells, batch_size)``, so a second fit of the same shapes compiles nothing.
+* One epoch — shuffle (on the host), then every full batch of the training cells (the
+  last partial batch is dropped) — is one jitted ``lax.scan``; validation is another jitted
+  scan over padded batches in evaluation mode (or a model's own host-side ``validate``
+  callable, e.g. one that reuses a program the model compiles anyway). The host sees only
+  per-epoch numbers, so the progress bar (updated between epochs) costs nothing, and
+  nothing recompiles after the first epoch (``n_compilations`` counts traces). The compiled
+  epoch and evaluator are cached per ``(loss_fn, n_cells, batch_size)``, so a second fit of
+  the same shapes compiles nothing.
 * Learning rate: start high, decay geometrically per epoch to a floor
   (``max(lr0 * decay^epoch, floor)``), times a reduce-on-plateau factor: when the monitored
   loss (validation if there is a validation split, else training) has not improved by a

@@ -78,6 +78,7 @@ __all__ = [
     "prune_first_layer",
     "sparsity_penalty",
     "validation_loss",
+    "weight_penalty",
 ]
 
 #: likelihood name -> (zero-inflated?, negative binomial?)
@@ -448,14 +449,19 @@ def _log_gamma_ratio(terms, r, xp):
     return jnp.sum(terms["w"] * (log_rising_factorial_ratio(k, rg) + jax.lax.lgamma(k + 1.0)))
 
 
+def _count_part(terms, log_r, likelihood: str, xp):
+    """``A(r) + const`` of :func:`count_terms` (``xp``: ``jnp``, or ``np`` in float64)."""
+    if likelihood in ("nb", "zinb"):
+        return _log_gamma_ratio(terms, xp.exp(log_r), xp) + terms["const"]
+    if likelihood in ("poisson", "zip"):
+        return terms["const"]
+    raise ValueError(f"unknown likelihood {likelihood!r}")
+
+
 def count_loglik(terms, out, likelihood: str):
     """The count part of the log-likelihood (see :func:`dense_loglik`), summed over genes
     and averaged over the cells that :func:`count_terms` made ``terms`` from (a scalar)."""
-    if likelihood in ("nb", "zinb"):
-        return _log_gamma_ratio(terms, jnp.exp(out["log_r"]), jnp) + terms["const"]
-    if likelihood in ("poisson", "zip"):
-        return jnp.asarray(terms["const"])
-    raise ValueError(f"unknown likelihood {likelihood!r}")
+    return jnp.asarray(_count_part(terms, out.get("log_r"), likelihood, jnp))
 
 
 def sparsity_penalty(W, xp=jnp):
@@ -479,6 +485,15 @@ def penalties(alpha_z: float = 0.1, alpha_w: float = 0.1, alpha_theta: float = 0
     }
 
 
+def weight_penalty(params, hyper, config: ZipoConfig, xp=jnp):
+    """The penalties on the weights alone: ``alpha_w`` times :func:`sparsity_penalty` of the
+    first layer, plus (NB likelihoods) ``alpha_theta`` times the mean ``r^-2``."""
+    pen = hyper["alpha_w"] * sparsity_penalty(params["enc_0"]["W"], xp)
+    if config.negative_binomial:
+        pen = pen + hyper["alpha_theta"] * xp.mean(xp.exp(-2.0 * params["disp"]["log_r"]))
+    return pen
+
+
 def loss_fn(params, state, batch, mask, key, train: bool, hyper, *, config: ZipoConfig):
     """Penalised per-entry loss of a batch, in the minibatch driver's convention.
 
@@ -494,8 +509,8 @@ def loss_fn(params, state, batch, mask, key, train: bool, hyper, *, config: Zipo
     expectation over batches: the expected loss and gradient of a random batch are
     unchanged (with less variance), and a step costs one term per entry of the summary
     (a logarithm per gene and count level) instead of special functions per non-zero
-    entry of the batch. Averaged over every batch of the data set (as the validation loss
-    is) it is the exact NLL.
+    entry of the batch. Averaged over every batch of the data set it is the exact NLL (the
+    validation loss, :func:`validation_loss`, is computed that way).
     """
     del key  # deterministic network
     c = config
@@ -511,9 +526,7 @@ def loss_fn(params, state, batch, mask, key, train: bool, hyper, *, config: Zipo
         mean_gate = jnp.sum(w * gate.mean(axis=1))
         metrics["mean_gate"] = mean_gate
         loss = loss + hyper["alpha_z"] * jnp.sum(w * (gate * gate).mean(axis=1))
-    loss = loss + hyper["alpha_w"] * sparsity_penalty(params["enc_0"]["W"])
-    if c.negative_binomial:
-        loss = loss + hyper["alpha_theta"] * jnp.mean(jnp.exp(-2.0 * params["disp"]["log_r"]))
+    loss = loss + weight_penalty(params, hyper, c)
     if train:
         new_state = jax.tree_util.tree_map(
             lambda s, b: (1.0 - BN_MOMENTUM) * s + BN_MOMENTUM * b, state, stats
@@ -866,12 +879,8 @@ def cell_outputs(out, x, mask, *, config: ZipoConfig):
 def host_count_loglik(terms, log_r, likelihood: str) -> float:
     """:func:`count_loglik` on the host in float64 (``terms`` from :func:`count_terms` with
     ``dtype=np.float64``; ``log_r`` is ignored for Poisson likelihoods)."""
-    if likelihood in ("nb", "zinb"):
-        r = np.exp(np.asarray(log_r, np.float64))
-        return float(_log_gamma_ratio(terms, r, np)) + float(terms["const"])
-    if likelihood in ("poisson", "zip"):
-        return float(terms["const"])
-    raise ValueError(f"unknown likelihood {likelihood!r}")
+    log_r = None if log_r is None else np.asarray(log_r, np.float64)
+    return float(_count_part(terms, log_r, likelihood, np))
 
 
 def mean_loglik(
@@ -906,9 +915,11 @@ def validation_loss(params, state, arrays, terms, weights, *, config: ZipoConfig
     if c.zero_inflated:
         metrics["mean_gate"] = float(np.sum(o["sum_gate"])) / per_entry
         loss += float(weights["alpha_z"]) * float(np.sum(o["sum_gate2"])) / per_entry
-    W = np.asarray(params["enc_0"]["W"], np.float64)
-    loss += float(weights["alpha_w"]) * float(sparsity_penalty(W, np))
-    if c.negative_binomial:
-        r2 = np.exp(-2.0 * np.asarray(log_r, np.float64))
-        loss += float(weights["alpha_theta"]) * float(np.mean(r2))
-    return loss, metrics
+    # the penalised weights only, in float64
+    p64 = {
+        k: {n: np.asarray(a, np.float64) for n, a in params[k].items()}
+        for k in ("enc_0", "disp")
+        if k in params
+    }
+    w64 = {k: float(v) for k, v in weights.items()}
+    return loss + float(weight_penalty(p64, w64, c, np)), metrics
